@@ -1,0 +1,14 @@
+"""attend-infer-repeat: Attend, Infer, Repeat (Eslami et al., 2016) in plain PyTorch.
+
+    from attend_infer_repeat import AIR
+    model = AIR.load("runs/NAME/best.pt")
+    result = model.infer(images)        # counts, boxes, z_what per image
+"""
+__version__ = "0.1.0"
+
+from .config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from .errors import AIRError, CheckpointError, DataError, InputError  # noqa: E402
+from .model import AIR, InferenceResult  # noqa: E402
+
+__all__ = ["AIR", "InferenceResult", "ModelConfig", "TrainConfig", "RunConfig", "AIRError", "InputError",
+           "DataError", "CheckpointError", "__version__"]

@@ -1,0 +1,71 @@
+"""The spatial transformer (Jaderberg et al., 2015) restricted to AIR's 3-parameter attention.
+
+``z_where = (s, x, y)``: zoom ``s`` (image-to-window) and window centre ``(x, y)`` in normalised image
+coordinates. Cropping reads the window with the affine map ``A = [[1/s, 0, x], [0, 1/s, y]]``
+(window coordinates -> image coordinates); drawing back uses its inverse ``[[s, 0, -s x], [0, s, -s y]]``
+(image coordinates -> window coordinates). Both are exact inverses, so crop-then-place returns the window's
+content where it was (up to bilinear resampling).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def safe_zoom(s: torch.Tensor, min_zoom: float = 0.1) -> torch.Tensor:
+    """|s| floored at ``min_zoom`` with the sign kept: 1/s stays finite for windows of any size."""
+    sign = torch.where(s < 0, -torch.ones_like(s), torch.ones_like(s))
+    return sign * s.abs().clamp_min(min_zoom)
+
+
+def crop_theta(z_where: torch.Tensor, min_zoom: float = 0.1) -> torch.Tensor:
+    """(B, 3) z_where -> (B, 2, 3) affine matrices mapping window coordinates to image coordinates."""
+    s = safe_zoom(z_where[:, 0], min_zoom)
+    inv = 1.0 / s
+    zero = torch.zeros_like(s)
+    return torch.stack([torch.stack([inv, zero, z_where[:, 1]], -1),
+                        torch.stack([zero, inv, z_where[:, 2]], -1)], -2)
+
+
+def place_theta(z_where: torch.Tensor, min_zoom: float = 0.1) -> torch.Tensor:
+    """(B, 3) z_where -> (B, 2, 3) affine matrices mapping image coordinates to window coordinates."""
+    s = safe_zoom(z_where[:, 0], min_zoom)
+    zero = torch.zeros_like(s)
+    return torch.stack([torch.stack([s, zero, -s * z_where[:, 1]], -1),
+                        torch.stack([zero, s, -s * z_where[:, 2]], -1)], -2)
+
+
+def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom: float = 0.1) -> torch.Tensor:
+    """Attend: read the window selected by z_where. images (B, 1, H, W) -> glimpses (B, 1, w, w)."""
+    theta = crop_theta(z_where, min_zoom)
+    grid = F.affine_grid(theta, [images.size(0), 1, window_size, window_size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoom: float = 0.1) -> torch.Tensor:
+    """Draw: put each window back on an empty canvas with the inverse transform.
+    windows (B, 1, w, w) -> canvases (B, 1, H, H)."""
+    theta = place_theta(z_where, min_zoom)
+    grid = F.affine_grid(theta, [windows.size(0), 1, image_size, image_size], align_corners=False)
+    return F.grid_sample(windows, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def where_to_boxes(z_where: torch.Tensor, image_size: int, min_zoom: float = 0.1) -> torch.Tensor:
+    """(..., 3) z_where -> (..., 4) boxes ``x_min, y_min, x_max, y_max`` in pixels of the input image.
+
+    Pixel convention (``align_corners=False``): normalised -1 is the left edge of pixel 0 and +1 the right
+    edge of pixel W-1, so a window covering columns 10..37 has x_min = 10, x_max = 38."""
+    s = safe_zoom(z_where[..., 0], min_zoom).abs()
+    half = 1.0 / s
+    to_px = lambda u: (u + 1.0) * 0.5 * image_size  # noqa: E731
+    x, y = z_where[..., 1], z_where[..., 2]
+    return torch.stack([to_px(x - half), to_px(y - half), to_px(x + half), to_px(y + half)], -1)
+
+
+def boxes_to_where(boxes: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Inverse of :func:`where_to_boxes` for square boxes (the side is the mean of width and height)."""
+    side = 0.5 * ((boxes[..., 2] - boxes[..., 0]) + (boxes[..., 3] - boxes[..., 1]))
+    s = image_size / side
+    cx = (boxes[..., 0] + boxes[..., 2]) / image_size - 1.0
+    cy = (boxes[..., 1] + boxes[..., 3]) / image_size - 1.0
+    return torch.stack([s, cx, cy], -1)

@@ -1,0 +1,129 @@
+"""Checkpoints: written atomically (a crash mid-write never leaves a half-written file in place of a good one)
+and loaded safely (``torch.load(weights_only=True)``: tensors and plain Python values only, no code runs).
+
+A checkpoint is a dict with a format tag, the full run configuration, the model's weights and, for resuming,
+the optimiser state, the RNG states and the step."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, RunConfig
+from .errors import CheckpointError, InputError
+
+FORMAT = "attend-infer-repeat/checkpoint"
+VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    Failures (full disk, unwritable folder) raise CheckpointError and leave any previous file intact."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable "
+                              "and the disk has room") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file (if any) is "
+                                  "unchanged; free disk space or choose another folder") from e
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically save a checkpoint dict (``state`` must hold tensors and plain Python values only)."""
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p} is a folder without best.pt or last.pt; pass a run directory that "
+                              "'air train' wrote, or a .pt file")
+    if not p.exists():
+        raise CheckpointError(f"no checkpoint at {p}")
+    return p
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; every failure is a CheckpointError saying what is wrong with the file."""
+    p = resolve_checkpoint(path)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, or a pickle that wants to run code
+        raise CheckpointError(f"{p} is not a readable attend-infer-repeat checkpoint (it may be truncated, "
+                              f"corrupt, or another kind of file): {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is a torch file but not an attend-infer-repeat checkpoint "
+                              "(no format tag); pass a .pt file written by 'air train'")
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"{p} was written by a newer attend-infer-repeat (checkpoint version "
+                              f"{state['version']}); upgrade the package")
+    for key in ("config", "model"):
+        if key not in state:
+            raise CheckpointError(f"{p} has no '{key}' entry; it is incomplete")
+    return state
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the AIR model a checkpoint holds, in eval mode."""
+    from .model import AIR
+
+    state = load_checkpoint(path)
+    try:
+        config = RunConfig.from_dict(state["config"]).model
+    except (InputError, TypeError) as e:
+        raise CheckpointError(f"{path}: its configuration is not one this version understands: {e}") from e
+    model = AIR(config)
+    check_state_dict(model, state["model"], path)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights whose names or shapes do not match the model, with a message listing the differences."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in weights and weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+            f"shape mismatch {shapes[:3]}" if shapes else ""]))
+        raise CheckpointError(f"{path}: the weights do not fit the model its configuration describes ({detail})")
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    return RunConfig.from_dict(load_checkpoint(path)["config"]).model

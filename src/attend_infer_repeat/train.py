@@ -1,0 +1,342 @@
+"""``air train``: one readable training loop in plain PyTorch.
+
+The whole data set lives in memory as one uint8 tensor; each step draws a batch from a seeded permutation,
+computes the ELBO surrogate (``AIR.loss``) and takes one Adam step for the model and guide and one, on its
+own learning rate, for the NVIL baseline. Held-out count accuracy and ELBO are measured every ``eval_every``
+steps on scenes built from MNIST *test* digits. Everything needed to continue exactly (weights, optimiser,
+RNG states, data order, step, clock) is checkpointed atomically; ``--resume`` picks it up again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .errors import CheckpointError, InputError
+from .evaluate import as_float_batch, evaluate_counts
+from .model import AIR
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Data:
+    """Training and held-out scenes as in-memory tensors (uint8 images, int64 counts)."""
+
+    train_images: torch.Tensor
+    train_counts: torch.Tensor
+    test_images: torch.Tensor
+    test_counts: torch.Tensor
+
+
+def load_data(cfg: RunConfig) -> Data:
+    """The built-in multi-MNIST: generated from real MNIST on first use and cached (see scenes.py)."""
+    from .scenes import SceneConfig, load_or_make_scenes
+
+    t = cfg.train
+    sc = dict(canvas_size=cfg.model.image_size, digit_size=t.digit_size, max_digit_size=t.max_digit_size,
+              counts=t.counts)
+    train = load_or_make_scenes("train", t.n_train, SceneConfig(**sc, seed=t.data_seed), data_dir=t.data_dir)
+    test = load_or_make_scenes("test", t.n_test, SceneConfig(**sc, seed=t.data_seed + 1), data_dir=t.data_dir)
+    return Data(torch.from_numpy(train.images), torch.from_numpy(train.counts).long(),
+                torch.from_numpy(test.images), torch.from_numpy(test.counts).long())
+
+
+class Progress:
+    """A one-line progress bar on a terminal (plain periodic lines otherwise, e.g. in CI logs)."""
+
+    def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=sys.stderr):
+        self.total, self.minutes, self.enabled, self.stream = total_steps, minutes, enabled, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_line = 0.0
+
+    def update(self, step: int, train_s: float, stats: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        frac = step / self.total
+        if self.minutes:
+            frac = max(frac, train_s / (60 * self.minutes))
+        frac = min(frac, 1.0)
+        left = train_s * (1 - frac) / frac if frac > 0 else float("nan")
+        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+        acc = stats.get("eval_acc")
+        line = (f"[{bar}] step {step}/{self.total}  elbo {stats.get('elbo', float('nan')):8.1f}  "
+                f"count acc {stats.get('train_acc', float('nan')):.3f} (held-out "
+                f"{'-' if acc is None else f'{acc:.3f}'})  {stats.get('ips', 0):6.0f} img/s  "
+                f"left {_fmt_time(left)}")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif time.time() - self.last_line > 10 or frac >= 1.0:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last_line = time.time()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "--:--"
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+class MetricsLog:
+    """Append-only JSONL of metrics (one flushed line per record); TensorBoard too where it is installed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records newer than the checkpoint (they will be logged again), atomically."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a torn last line from a killed process
+                continue
+        text = "".join(k + "\n" for k in keep)
+        atomic_write_bytes(self.path, lambda f: f.write(text.encode()))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "kind"):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
+    """Adam with two parameter groups: model + guide at ``lr``, the NVIL baseline at ``baseline_lr``."""
+    baseline = [p for n, p in model.named_parameters() if n.startswith("baseline.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("baseline.")]
+    return torch.optim.Adam([{"params": rest, "lr": cfg.train.lr, "name": "model"},
+                             {"params": baseline, "lr": cfg.train.baseline_lr, "name": "baseline"}])
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, data: Data | None = None, progress: bool = True,
+                 tensorboard: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = pick_device(t.device)
+        torch.manual_seed(t.seed)
+        self.model = AIR(cfg.model).to(self.device)
+        self.opt = make_optimizer(self.model, cfg)
+        self.data = data if data is not None else load_data(cfg)
+        self.order_gen = torch.Generator().manual_seed(t.seed + 1)
+        self.perm = torch.randperm(len(self.data.train_images), generator=self.order_gen)
+        self.pos = 0
+        self.step = 0
+        self.train_s = 0.0
+        self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
+        self.progress = progress
+        self.tensorboard = tensorboard
+
+    # ------------------------------------------------------------------------------------------- batches
+    def next_batch(self) -> torch.Tensor:
+        bs = self.cfg.train.batch_size
+        if self.pos + bs > len(self.perm):
+            self.perm = torch.randperm(len(self.data.train_images), generator=self.order_gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + bs]
+        self.pos += bs
+        return idx
+
+    # ---------------------------------------------------------------------------------------- checkpoint
+    def state(self) -> dict:
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "step": self.step, "train_seconds": self.train_s, "best": dict(self.best),
+                "rng": {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "data_order": {"perm": self.perm, "pos": self.pos}}
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        save_checkpoint(path, self.state())
+        return path
+
+    def restore(self, path: str | Path) -> None:
+        state = load_checkpoint(path, map_location="cpu")
+        for key in ("optimizer", "step", "rng", "data_order"):
+            if key not in state:
+                raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}'")
+        saved = RunConfig.from_dict(state["config"])
+        if saved.model != self.cfg.model:
+            raise CheckpointError(f"{path} was trained with another model configuration; resume without "
+                                  "changing model options (or start a new run directory)")
+        check_state_dict(self.model, state["model"], path)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.train_s, self.best = state["step"], state["train_seconds"], state["best"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.order_gen.set_state(state["rng"]["order"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.perm, self.pos = state["data_order"]["perm"], state["data_order"]["pos"]
+
+    # ------------------------------------------------------------------------------------------- one step
+    def train_step(self, x: torch.Tensor):
+        out = self.model.loss(x, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        (out.loss + out.baseline_loss).backward()
+        if self.cfg.train.grad_clip:
+            params = [p for g in self.opt.param_groups if g["name"] == "model" for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        self.opt.step()
+        self.step += 1
+        return out
+
+    def evaluate(self, n: int | None = None) -> dict[str, float]:
+        d = self.data
+        n = len(d.test_images) if n is None else min(n, len(d.test_images))
+        # evaluation samples too (the ELBO): keep it off the training RNG so that how often one evaluates
+        # never changes the training run, and a resumed run stays identical to an uninterrupted one
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.train.seed + 2)
+            return evaluate_counts(self.model, d.test_images[:n], d.test_counts[:n], train_step=self.step)
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False) -> dict:
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(self.run_dir, self.tensorboard)
+        if resume:
+            last = self.run_dir / "last.pt"
+            if not last.exists():
+                raise CheckpointError(f"--resume: {last} does not exist; start a new run without --resume")
+            self.restore(last)
+            log.truncate_after(self.step)
+        config_text = json.dumps(self.cfg.to_dict(), indent=2)
+        atomic_write_bytes(self.run_dir / "config.json", lambda f: f.write(config_text.encode()))
+
+        bar = Progress(t.steps, t.minutes, enabled=self.progress)
+        budget_s = 60 * t.minutes if t.minutes else float("inf")
+        window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
+        stats: dict[str, float] = {}
+        interrupted = False
+        try:
+            while self.step < t.steps and self.train_s < budget_s:
+                t0 = time.perf_counter()
+                idx = self.next_batch()
+                x = as_float_batch(self.data.train_images[idx]).to(self.device, non_blocking=True)
+                out = self.train_step(x)
+                elbo = float(out.elbo.mean())
+                acc = float((out.counts.cpu() == self.data.train_counts[idx]).float().mean())
+                dt = time.perf_counter() - t0
+                self.train_s += dt
+                window["elbo"] += elbo
+                window["acc"] += acc
+                window["n"] += 1
+                window["t"] += dt
+                window["imgs"] += x.size(0)
+                if not math.isfinite(elbo):
+                    raise FloatingPointError(f"the ELBO became {elbo} at step {self.step}")
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    stats.update(elbo=window["elbo"] / window["n"], train_acc=window["acc"] / window["n"],
+                                 ips=window["imgs"] / max(window["t"], 1e-9))
+                    log.write({"kind": "train", "step": self.step, "train_seconds": round(self.train_s, 2),
+                               "elbo": stats["elbo"], "count_acc": stats["train_acc"],
+                               "images_per_s": stats["ips"],
+                               **{k: float(v) for k, v in out.terms.items()}})
+                    window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
+                    bar.update(self.step, self.train_s, stats)
+                if self.step % t.eval_every == 0:
+                    ev = self.evaluate(t.eval_size)
+                    stats["eval_acc"] = ev["count_acc"]
+                    log.write({"kind": "eval", "step": self.step, "train_seconds": round(self.train_s, 2),
+                               "count_acc": ev["count_acc"], "elbo": ev["elbo"], "n": ev["n"]})
+                    if (ev["count_acc"], ev["elbo"]) > (self.best["count_acc"], self.best["elbo"]):
+                        self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
+                        self.save("best.pt")
+                if self.step % t.checkpoint_every == 0:
+                    self.save("last.pt")
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        self.save("last.pt")
+        if interrupted:
+            log.close()
+            print(f"interrupted at step {self.step}: saved {self.run_dir / 'last.pt'}; continue with --resume",
+                  file=sys.stderr)
+            return {"interrupted": True, "step": self.step, "run_dir": str(self.run_dir)}
+
+        final = self.evaluate()  # the whole held-out set
+        if (final["count_acc"], final["elbo"]) >= (self.best["count_acc"], self.best["elbo"]) or \
+                not (self.run_dir / "best.pt").exists():
+            self.best = {"count_acc": final["count_acc"], "elbo": final["elbo"], "step": self.step}
+            self.save("best.pt")
+        log.write({"kind": "final", "step": self.step, "train_seconds": round(self.train_s, 2),
+                   "count_acc": final["count_acc"], "elbo": final["elbo"], "n": final["n"]})
+        log.close()
+        summary = {"run_dir": str(self.run_dir), "steps": self.step, "train_minutes": round(self.train_s / 60, 2),
+                   "images_per_s": round(self.step * t.batch_size / max(self.train_s, 1e-9), 1),
+                   "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
+                   "held_out_n": final["n"], "best": self.best, "device": str(self.device),
+                   "peak_rss_gib": round(peak_rss_gib(), 2)}
+        text = json.dumps(summary, indent=2)
+        atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
+        return summary
+
+
+def peak_rss_gib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 30 if sys.platform == "darwin" else rss / 2 ** 20
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train a model with ``cfg`` into ``run_dir`` (or continue it with ``resume``); returns the summary."""
+    return Trainer(cfg, run_dir, progress=progress).fit(resume=resume)
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("air-%Y%m%d-%H%M%S")
+
+
+__all__ = ["Trainer", "train", "load_data", "pick_device", "default_run_dir"]

@@ -1,0 +1,135 @@
+import json
+import os
+
+import pytest
+import torch
+
+from attend_infer_repeat import AIR, CheckpointError
+from attend_infer_repeat.checkpoint import load_checkpoint, save_checkpoint
+from attend_infer_repeat.config import RunConfig, TrainConfig
+from attend_infer_repeat.train import Data, Trainer
+
+from conftest import blob_images
+
+
+def tiny_data(n_train=256, n_test=64):
+    xtr, ctr = blob_images(n_train, seed=1)
+    xte, cte = blob_images(n_test, seed=2)
+    u8 = lambda x: (x[:, 0] * 255).to(torch.uint8)  # noqa: E731
+    return Data(u8(xtr), ctr, u8(xte), cte)
+
+
+def tiny_run(tiny_config, **train):
+    t = dict(steps=6, batch_size=16, lr=1e-3, eval_every=3, eval_size=64, checkpoint_every=2, log_every=1,
+             seed=0, device="cpu")
+    t.update(train)
+    return RunConfig(model=tiny_config, train=TrainConfig(**t))
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    data = tiny_data()
+    full = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "full", data=data, progress=False)
+    full.fit()
+    part = Trainer(tiny_run(tiny_config, steps=4), tmp_path / "part", data=data, progress=False)
+    part.fit()
+    resumed = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "part", data=data, progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == 6
+    assert torch.equal(params(resumed.model), params(full.model))
+    # the metrics file has each training step once, in order, and no torn lines
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_directory_contents_and_loading(tiny_config, tmp_path):
+    summary = Trainer(tiny_run(tiny_config), tmp_path, data=tiny_data(), progress=False).fit()
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    assert summary["steps"] == 6 and 0 <= summary["held_out_count_acc"] <= 1
+    cfg = RunConfig.from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert cfg.model == tiny_config
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "rng", "step", "config", "data_order"} <= set(state)
+    for path in (tmp_path / "best.pt", tmp_path / "last.pt", tmp_path):
+        model = AIR.load(path)
+        assert model.config == tiny_config and not model.training
+
+
+def test_short_training_improves_the_elbo(tiny_config, tmp_path):
+    data = tiny_data(512, 128)
+    tr = Trainer(tiny_run(tiny_config, steps=150, eval_every=1000, checkpoint_every=1000, batch_size=32),
+                 tmp_path, data=data, progress=False)
+    before = tr.evaluate()["elbo"]
+    tr.fit()
+    after = tr.evaluate()["elbo"]
+    assert after > before + 20, (before, after)
+
+
+def test_keyboard_interrupt_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
+    tr = Trainer(tiny_run(tiny_config, steps=50, checkpoint_every=1000), tmp_path, data=tiny_data(),
+                 progress=False)
+    real_step = tr.train_step
+
+    def step_then_interrupt(x):
+        out = real_step(x)
+        if tr.step == 5:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(tr, "train_step", step_then_interrupt)
+    result = tr.fit()
+    assert result["interrupted"] and load_checkpoint(tmp_path / "last.pt")["step"] == 5
+
+
+def test_checkpoint_errors_are_clear(tiny_config, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        AIR.load(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        AIR.load(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an attend-infer-repeat checkpoint"):
+        AIR.load(tmp_path / "other.pt")
+    Trainer(tiny_run(tiny_config, steps=2), tmp_path / "run", data=tiny_data(), progress=False).fit()
+    blob = (tmp_path / "run" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        AIR.load(tmp_path / "cut.pt")
+    # weights that do not fit the configuration
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["config"]["model"]["lstm_hidden"] = 32
+    save_checkpoint(tmp_path / "mismatch.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="do not fit"):
+        AIR.load(tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_run(tiny_config), tmp_path / "empty", data=tiny_data(), progress=False).fit(resume=True)
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "attend-infer-repeat/checkpoint", "config": {}, "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        AIR.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "c.pt", {"config": {}, "model": {"w": torch.ones(3)}})
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left"):
+        save_checkpoint(tmp_path / "c.pt", {"config": {}, "model": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
