@@ -151,6 +151,8 @@ def _add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=t.seed, help="random seed of initialisation and training")
     g.add_argument("--device", default=t.device, help="auto, cpu, cuda or mps (auto picks a GPU when present)")
     g.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=t.precision,
+                   help="bf16 autocast for the matrix products; auto uses it where the CPU/GPU has native bf16")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
@@ -225,6 +227,7 @@ def _run_train(args) -> int:
     else:
         train_cfg = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                                 baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
+                                precision=args.precision,
                                 device=args.device, threads=args.threads, eval_every=args.eval_every,
                                 eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
                                 log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,

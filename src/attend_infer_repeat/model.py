@@ -195,7 +195,7 @@ class AIR(nn.Module):
                 bl_latents = latents.detach()
                 bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1)) if cfg.dair else bl_proj
                 bl_state = self.baseline.lstm(bl_in, bl_latents, bl_state)
-                out["baseline"].append(self.baseline.head(bl_state[0]).squeeze(-1))
+                out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
                 step_canvas, _ = self.render(z_what[:, None], z_where[:, None], z_pres[:, None])
                 canvas = canvas + step_canvas

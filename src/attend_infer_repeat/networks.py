@@ -45,7 +45,8 @@ class ImageLSTM(nn.Module):
     def forward(self, image_proj: torch.Tensor, latents: torch.Tensor,
                 state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        gates = image_proj + self.latent_proj(torch.cat([latents, h], -1))
+        # the cell state is kept in fp32 even when the products run in bf16 autocast
+        gates = (image_proj + self.latent_proj(torch.cat([latents, h], -1))).float()
         i, f, g, o = gates.chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -71,7 +72,7 @@ class WherePresPredictor(nn.Module):
             self.net.last.bias[4:] = _softplus_inverse(z_where_init_std)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(h)
+        out = self.net(h).float()
         return out[:, 0], out[:, 1:4], F.softplus(out[:, 4:7]) + 1e-4
 
 
@@ -83,7 +84,7 @@ class WhatEncoder(nn.Module):
         self.net = MLP([window_size * window_size, hidden, 2 * z_what_dim])
 
     def forward(self, glimpse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_std = self.net(glimpse.flatten(1)).chunk(2, -1)
+        loc, raw_std = self.net(glimpse.flatten(1)).float().chunk(2, -1)
         return loc, F.softplus(raw_std) + 1e-4
 
 
@@ -100,7 +101,7 @@ class WhatDecoder(nn.Module):
         self.net = MLP([z_what_dim, hidden, window_size * window_size])
 
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
-        logits = self.net(z_what) + self.output_bias
+        logits = self.net(z_what).float() + self.output_bias
         return torch.sigmoid(logits).view(-1, 1, self.window_size, self.window_size)
 
 

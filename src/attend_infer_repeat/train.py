@@ -39,6 +39,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device does bf16 matrix products in hardware (not emulated, which would be slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 @dataclass
 class Data:
     """Training and held-out scenes as in-memory tensors (uint8 images, int64 counts)."""
@@ -173,6 +193,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
+        self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
         self.model = AIR(cfg.model).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
@@ -229,8 +250,31 @@ class Trainer:
         self.perm, self.pos = state["data_order"]["perm"], state["data_order"]["pos"]
 
     # ------------------------------------------------------------------------------------------- one step
+    def autocast(self):
+        """bf16 autocast of the matrix products when asked for (the ELBO's sums stay in fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def budget_fraction(self) -> float:
+        """How much of the budget (steps or minutes, whichever is nearer its end) is used."""
+        t = self.cfg.train
+        frac = self.step / t.steps
+        if t.minutes:
+            frac = max(frac, self.train_s / (60 * t.minutes))
+        return min(frac, 1.0)
+
+    def learning_rate_factor(self) -> float:
+        t = self.cfg.train
+        if t.lr_schedule == "constant":
+            return 1.0
+        return t.lr_final_fraction + (1 - t.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * self.budget_fraction()))
+
     def train_step(self, x: torch.Tensor):
-        out = self.model.loss(x, self.step)
+        factor = self.learning_rate_factor()
+        for g in self.opt.param_groups:  # the schedule applies to model and guide; the baseline keeps its rate
+            if g["name"] == "model":
+                g["lr"] = self.cfg.train.lr * factor
+        with self.autocast():
+            out = self.model.loss(x, self.step)
         self.opt.zero_grad(set_to_none=True)
         (out.loss + out.baseline_loss).backward()
         if self.cfg.train.grad_clip:
@@ -328,6 +372,7 @@ class Trainer:
                    "images_per_s": round(self.step * t.batch_size / max(self.train_s, 1e-9), 1),
                    "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
                    "held_out_n": final["n"], "best": self.best, "device": str(self.device),
+                   "precision": self.precision,
                    "peak_rss_gib": round(peak_rss_gib(), 2)}
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))

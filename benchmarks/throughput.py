@@ -1,0 +1,137 @@
+"""Training throughput (images/s) of AIR on this machine, with FLOPs and the machine's measured matmul peak.
+
+For each batch size: the real training step (``Trainer.train_step``: ELBO surrogate, backward, fused Adam)
+on multi-MNIST scenes held in memory, timed for at least ``--seconds`` after a warm-up. Also counted: the
+model's FLOPs per training image (torch's FlopCounterMode over one forward+backward: matrix products, which
+are the arithmetic that matters here), the achieved GFLOP/s, and a measured fp32 (and bf16) matrix-multiply
+peak of the same machine with the same threads, so the ratio to the limit is visible.
+
+With ``--anchor PATH/run_pyro.py`` (the Pyro AIR example, see shared/anchors) it also measures the anchor's
+images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days.
+
+usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
+                                       [--threads 2] [--anchor /path/run_pyro.py] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+from attend_infer_repeat.scenes import SceneConfig, make_scenes
+from attend_infer_repeat.train import Data, Trainer
+
+HERE = Path(__file__).resolve().parent
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0) -> Trainer:
+    cfg = RunConfig(model=ModelConfig(), train=TrainConfig(batch_size=batch_size, precision=precision, seed=seed,
+                                                           lr=1e-3, device="cpu", steps=10 ** 9))
+    return Trainer(cfg, "/nonexistent-never-written", data=data, progress=False, tensorboard=False)
+
+
+def flops_per_image(data: Data, precision: str) -> float:
+    tr = make_trainer(data, 64, precision)
+    x = data.train_images[:64].float()[:, None] / 255
+    with FlopCounterMode(display=False) as counter:
+        tr.train_step(x)
+    return counter.get_total_flops() / 64
+
+
+def throughput(data: Data, batch_size: int, precision: str, seconds: float, warmup: int = 15) -> dict:
+    tr = make_trainer(data, batch_size, precision)
+    batches = [(data.train_images[tr.next_batch()].float()[:, None] / 255) for _ in range(16)]
+    for i in range(warmup):
+        tr.train_step(batches[i % 16])
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        tr.train_step(batches[steps % 16])
+        steps += 1
+    dt = time.perf_counter() - t0
+    return {"batch_size": batch_size, "precision": precision, "steps": steps, "seconds": round(dt, 2),
+            "images_per_s": round(steps * batch_size / dt, 1), "ms_per_step": round(1000 * dt / steps, 2)}
+
+
+def anchor_throughput(script: str, seconds: float, threads: int) -> dict:
+    """Run the Pyro AIR example for a short while and read its images/s (training time only)."""
+    py = os.environ.get("ANCHOR_PYTHON", "/tmp/anchors_venv/bin/python")
+    out = f"/tmp/anchor_throughput_{os.getpid()}.jsonl"
+    cmd = [py, "-W", "ignore", script, "--minutes", str(seconds / 60), "--eval-every", "100000",
+           "--threads", str(threads), "--out", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not rows:
+        return {"error": (proc.stderr or proc.stdout)[-1500:]}
+    return {"images_per_s": rows[-1]["images_per_s"], "steps": rows[-1]["step"], "batch_size": 64,
+            "train_seconds": rows[-1]["train_s"], "command": " ".join(cmd)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", default="32,64,128,256")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32 and/or bf16")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per setting (after warm-up)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--anchor", help="path to shared/anchors/pyro_air/run_pyro.py to measure the anchor too")
+    p.add_argument("--anchor-seconds", type=float, default=60.0)
+    p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    scenes = make_scenes("train", 4096, SceneConfig())
+    data = Data(torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts), torch.from_numpy(scenes.images[:64]),
+                torch.from_numpy(scenes.counts[:64]))
+    precisions = a.precision.split(",")
+    cpu = ""
+    try:
+        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+    result = {"benchmark": "throughput", "threads": a.threads,
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu or platform.processor(), "torch": torch.__version__},
+              "model": "defaults: N=3, LSTM 256, z_what 50, window 28, 50x50 images",
+              "matmul_peak_gflops": {"fp32": round(matmul_peak(torch.float32), 1)}}
+    if "bf16" in precisions:
+        result["matmul_peak_gflops"]["bf16"] = round(matmul_peak(torch.bfloat16), 1)
+    result["flops_per_training_image"] = {pr: flops_per_image(data, pr) for pr in precisions}
+    result["runs"] = []
+    for pr in precisions:
+        for bs in (int(b) for b in a.batch_sizes.split(",")):
+            r = throughput(data, bs, pr, a.seconds)
+            r["achieved_gflops"] = round(r["images_per_s"] * result["flops_per_training_image"][pr] / 1e9, 1)
+            r["fraction_of_peak"] = round(r["achieved_gflops"] / result["matmul_peak_gflops"][pr], 3)
+            print(json.dumps(r), flush=True)
+            result["runs"].append(r)
+    if a.anchor:
+        result["anchor"] = anchor_throughput(a.anchor, a.anchor_seconds, a.threads)
+        ours = next((r for r in result["runs"] if r["batch_size"] == 64 and r["precision"] == "fp32"), None)
+        if ours and "images_per_s" in result["anchor"]:
+            result["speedup_vs_anchor_batch64"] = {
+                r["precision"]: round(r["images_per_s"] / result["anchor"]["images_per_s"], 2)
+                for r in result["runs"] if r["batch_size"] == 64}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

