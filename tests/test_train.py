@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 
 import pytest
 import torch
@@ -30,12 +31,27 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def interrupt_at(trainer, step):
+    """Send the process a real SIGINT (Ctrl-C) during the given step."""
+    real_step = trainer.train_step
+
+    def step_then_interrupt(x):
+        if trainer.step == step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(x)
+
+    trainer.train_step = step_then_interrupt
+
+
 def test_resume_continues_exactly(tiny_config, tmp_path):
+    """Interrupted at step 4 of 6 and resumed: the same weights as a run that never stopped (the learning
+    rate schedule, data order and every random draw continue where they were)."""
     data = tiny_data()
     full = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "full", data=data, progress=False)
     full.fit()
-    part = Trainer(tiny_run(tiny_config, steps=4), tmp_path / "part", data=data, progress=False)
-    part.fit()
+    part = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "part", data=data, progress=False)
+    interrupt_at(part, 4)
+    assert part.fit()["interrupted"]
     resumed = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "part", data=data, progress=False)
     resumed.fit(resume=True)
     assert resumed.step == 6
@@ -73,15 +89,7 @@ def test_short_training_improves_the_elbo(tiny_config, tmp_path):
 def test_keyboard_interrupt_saves_and_resumes(tiny_config, tmp_path, monkeypatch):
     tr = Trainer(tiny_run(tiny_config, steps=50, checkpoint_every=1000), tmp_path, data=tiny_data(),
                  progress=False)
-    real_step = tr.train_step
-
-    def step_then_interrupt(x):
-        out = real_step(x)
-        if tr.step == 5:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(tr, "train_step", step_then_interrupt)
+    interrupt_at(tr, 5)
     result = tr.fit()
     assert result["interrupted"] and load_checkpoint(tmp_path / "last.pt")["step"] == 5
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +297,20 @@ class Trainer:
             return evaluate_counts(self.model, d.test_images[:n], d.test_counts[:n], train_step=self.step)
 
     # ------------------------------------------------------------------------------------------- the loop
+    def _catch_ctrl_c(self):
+        """The first Ctrl-C asks the loop to stop after the step in progress (so the checkpoint and the
+        metrics file agree exactly); a second one interrupts at once. Returns the handler to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+        return signal.signal(signal.SIGINT, handler)
+
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +329,10 @@ class Trainer:
         window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
         stats: dict[str, float] = {}
         interrupted = False
+        self.stop_requested = False
+        previous_handler = self._catch_ctrl_c()
         try:
-            while self.step < t.steps and self.train_s < budget_s:
+            while self.step < t.steps and self.train_s < budget_s and not self.stop_requested:
                 t0 = time.perf_counter()
                 idx = self.next_batch()
                 x = as_float_batch(self.data.train_images[idx]).to(self.device, non_blocking=True)
@@ -349,10 +367,13 @@ class Trainer:
                         self.save("best.pt")
                 if self.step % t.checkpoint_every == 0:
                     self.save("last.pt")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread's handler
             interrupted = True
         finally:
             bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        interrupted = interrupted or self.stop_requested
         self.save("last.pt")
         if interrupted:
             log.close()
