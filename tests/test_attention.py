@@ -48,3 +48,24 @@ def test_zoom_near_zero_or_negative_is_finite():
         out.backward()
         assert torch.isfinite(out) and torch.isfinite(z.grad).all()
         assert torch.isfinite(attention.where_to_boxes(z.detach(), 50)).all()
+
+
+def test_separable_place_equals_grid_sample_forward_and_backward():
+    """place() uses separable bilinear weights; it must equal affine_grid + grid_sample exactly."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    win = torch.rand(16, 1, 28, 28, generator=g, requires_grad=True)
+    zw = torch.stack([1.5 + 2 * torch.rand(16, generator=g), torch.rand(16, generator=g) * 2 - 1,
+                      torch.rand(16, generator=g) * 2 - 1], 1)
+    zw[0, 0] = -2.5  # a mirrored window
+    z1, z2 = zw.clone().requires_grad_(), zw.clone().requires_grad_()
+    grid = F.affine_grid(attention.place_theta(z1), [16, 1, 50, 50], align_corners=False)
+    ref = F.grid_sample(win, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    new = attention.place(win, z2, 50)
+    assert torch.allclose(ref, new, atol=1e-5)
+    weights = torch.randn(ref.shape, generator=g)
+    g_ref = torch.autograd.grad((ref * weights).sum(), [win, z1])
+    g_new = torch.autograd.grad((new * weights).sum(), [win, z2])
+    for a, b in zip(g_ref, g_new):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)

@@ -116,3 +116,48 @@ def draw_scene_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")
     return path
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
+              xlabel: str = "", ylabel: str = "", title: str = "", y_range: tuple[float, float] | None = None,
+              hlines: Sequence[float] = (), size: tuple[int, int] = (720, 420)) -> Path:
+    """A PNG line chart (Pillow only): ``series`` maps a legend label to (xs, ys). Dashed ``hlines`` mark
+    targets (e.g. 0.95 and 0.98 accuracy)."""
+    w, h = size
+    left, right, top, bottom = 64, 16, 34, 48
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    xs_all = [x for xs, _ in series.values() for x in xs]
+    ys_all = [y for _, ys in series.values() for y in ys]
+    if not xs_all:
+        raise InputError("line_plot needs at least one point")
+    x0, x1 = min(xs_all), max(xs_all)
+    y0, y1 = y_range if y_range else (min(ys_all), max(ys_all))
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
+    py = lambda y: h - bottom - (min(max(y, y0), y1) - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
+    d.rectangle([left, top, w - right, h - bottom], outline=(120, 120, 120))
+    for i in range(6):
+        yv = y0 + i * (y1 - y0) / 5
+        d.line([left - 4, py(yv), left, py(yv)], fill=(80, 80, 80))
+        d.text((4, py(yv) - 6), f"{yv:.3g}", fill=(0, 0, 0), font=font)
+        xv = x0 + i * (x1 - x0) / 5
+        d.line([px(xv), h - bottom, px(xv), h - bottom + 4], fill=(80, 80, 80))
+        d.text((px(xv) - 10, h - bottom + 8), f"{xv:.3g}", fill=(0, 0, 0), font=font)
+    for yv in hlines:
+        for xa in range(left, w - right, 10):
+            d.line([xa, py(yv), min(xa + 5, w - right), py(yv)], fill=(150, 150, 150))
+    for k, (label, (xs, ys)) in enumerate(series.items()):
+        colour = DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)]
+        pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        d.text((left + 8, top + 6 + 14 * k), label, fill=colour, font=font)
+    d.text((left, 10), title, fill=(0, 0, 0), font=font)
+    d.text(((w - len(xlabel) * 6) // 2, h - 18), xlabel, fill=(0, 0, 0), font=font)
+    d.text((4, top - 16), ylabel, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

@@ -1,0 +1,78 @@
+"""Held-out count accuracy against wall-clock training time for the default `air train`, over seeds.
+
+Each seed runs the real command (`air train` with its defaults; evaluation every --eval-every steps on
+--eval-size held-out scenes built from MNIST test digits). Time is the trainer's own training clock
+(evaluation and data generation excluded, as in the anchor's measurements); the wall-clock minutes of the
+whole command are recorded too. Writes JSON (curves, minutes to 95% / 98% / 99% per seed, medians) and a PNG
+plot of held-out count accuracy against minutes.
+
+usage: python benchmarks/time_to_accuracy.py [--seeds 0,1,2] [--eval-every 250] [--out FILE] [-- air train options]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGETS = (0.95, 0.98, 0.99)
+
+
+def run_seed(seed: int, run_root: Path, eval_every: int, eval_size: int, extra: list[str]) -> dict:
+    run_dir = run_root / f"seed{seed}"
+    cmd = [sys.executable, "-m", "attend_infer_repeat.cli", "train", "--seed", str(seed), "--run-dir", str(run_dir),
+           "--eval-every", str(eval_every), "--eval-size", str(eval_size), "--no-progress", *extra]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"seed": seed, "error": proc.stderr[-2000:]}
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["train_seconds"] / 60, r["count_acc"]) for r in rows if r["kind"] == "eval"]
+    reached = {f"minutes_to_{int(100 * t)}": next((m for m, a in curve if a >= t), None) for t in TARGETS}
+    return {"seed": seed, "curve_minutes_acc": curve, **reached, "final": summary,
+            "wall_minutes": round((time.time() - t0) / 60, 2)}
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-size", type=int, default=2000)
+    p.add_argument("--out", default=str(HERE / "results" / "time_to_accuracy.json"))
+    p.add_argument("--run-root", default=str(HERE / "results" / "time_to_accuracy_runs"))
+    a = p.parse_args(argv)
+    runs = [run_seed(int(s), Path(a.run_root), a.eval_every, a.eval_size, extra) for s in a.seeds.split(",")]
+    ok = [r for r in runs if "error" not in r]
+
+    def median(key):
+        vals = [r[key] for r in ok]
+        return statistics.median([v if v is not None else float("inf") for v in vals]) if vals else None
+
+    result = {"benchmark": "time_to_accuracy", "command": "air train " + " ".join(extra),
+              "eval_every": a.eval_every, "eval_size": a.eval_size, "cpus": os.cpu_count(), "runs": runs,
+              **{f"median_minutes_to_{int(100 * t)}": median(f"minutes_to_{int(100 * t)}") for t in TARGETS},
+              "median_final_held_out_count_acc": statistics.median([r["final"]["held_out_count_acc"] for r in ok])
+              if ok else None}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if ok:
+        from attend_infer_repeat.visualise import line_plot
+        line_plot({f"seed {r['seed']}": tuple(zip(*r["curve_minutes_acc"])) for r in ok}, out.with_suffix(".png"),
+                  xlabel="training minutes (2-core CPU)", ylabel="held-out count accuracy",
+                  title="AIR on multi-MNIST: held-out count accuracy vs training time (dashed: 95%, 98%)",
+                  y_range=(0.3, 1.0), hlines=(0.95, 0.98))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
