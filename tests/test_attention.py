@@ -69,3 +69,16 @@ def test_separable_place_equals_grid_sample_forward_and_backward():
     g_new = torch.autograd.grad((new * weights).sum(), [win, z2])
     for a, b in zip(g_ref, g_new):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_crop_then_place_round_trip_on_a_placed_digit():
+    """A digit drawn on a 50x50 canvas, cropped with the window that frames it and drawn back with the
+    inverse transform, reappears where it was."""
+    digit = digit_like(28)
+    canvas = torch.zeros(1, 1, 50, 50)
+    canvas[0, 0, 12:40, 5:33] = digit[0, 0]  # frame box x 5..33, y 12..40
+    z_where = attention.boxes_to_where(torch.tensor([[5.0, 12.0, 33.0, 40.0]]), 50)
+    glimpse = attention.crop(canvas, z_where, 28)
+    assert (glimpse - digit).abs().max() < 1e-4  # the window is exactly the digit's frame
+    back = attention.place(glimpse, z_where, 50)
+    assert (back - canvas).abs().max() < 1e-4

@@ -169,3 +169,16 @@ def test_infer_rejects_bad_input_clearly(tiny_config, bad, message):
 def test_infer_on_empty_batch(tiny_config):
     r = AIR(tiny_config).infer(torch.zeros(0, 20, 20))
     assert r.counts.shape == (0,) and r.boxes == []
+
+
+@pytest.mark.parametrize("options", [{"likelihood": "bernoulli"}, {"z_pres_prior": "geometric"},
+                                     {"dair": True, "likelihood": "bernoulli"}])
+def test_variants_give_finite_loss_and_gradients(tiny_config, options):
+    model = AIR(ModelConfig(**{**tiny_config.__dict__, **options}))
+    x, _ = blob_images(16)
+    out = model.loss(x, train_step=10)
+    (out.loss + out.baseline_loss).backward()
+    assert torch.isfinite(out.elbo).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    if options.get("likelihood") == "bernoulli":  # a Bernoulli log-likelihood is never positive
+        assert (out.terms["log_lik"] <= 0).all()

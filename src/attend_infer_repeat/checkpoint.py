@@ -5,8 +5,6 @@ A checkpoint is a dict with a format tag, the full run configuration, the model'
 the optimiser state, the RNG states and the step."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,45 +12,20 @@ import torch
 
 from .config import ModelConfig, RunConfig
 from .errors import CheckpointError, InputError
+from .files import atomic_write
 
 FORMAT = "attend-infer-repeat/checkpoint"
 VERSION = 1
 
 
 def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
-
-    Failures (full disk, unwritable folder) raise CheckpointError and leave any previous file intact."""
-    path = Path(path)
+    """:func:`files.atomic_write` for run files: a failure (full disk, unwritable folder) is a CheckpointError
+    that says so, and the previous file stays intact."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, write)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check the folder exists, is writable "
-                              "and the disk has room") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file (if any) is "
-                                  "unchanged; free disk space or choose another folder") from e
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file (if any) is unchanged; "
+                              "free disk space or choose a writable folder") from e
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -182,7 +182,8 @@ def _add_train(sub) -> None:
     g.add_argument("--window-size", type=int, default=m.window_size, help="attention window (glimpse) size")
     g.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default=m.likelihood,
                    help="p(x | z): Gaussian with fixed sigma, or Bernoulli")
-    g.add_argument("--likelihood-sigma", type=float, default=m.likelihood_sigma, help="sigma of the Gaussian likelihood")
+    g.add_argument("--likelihood-sigma", type=float, default=m.likelihood_sigma,
+                   help="sigma of the Gaussian likelihood")
     g.add_argument("--z-pres-prior", choices=("bernoulli", "geometric"), default=m.z_pres_prior,
                    help="prior on the count: fixed Bernoulli per step, or truncated geometric with annealing")
     g.add_argument("--z-pres-prior-p", type=float, default=m.z_pres_prior_p,

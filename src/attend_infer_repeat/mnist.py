@@ -27,7 +27,6 @@ import importlib.resources
 import importlib.util
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -37,6 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .files import atomic_write  # noqa: F401  (re-exported for scenes.py)
 from .errors import DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -108,40 +108,6 @@ def _check_split(split: str) -> str:
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     return split
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path`` and ``os.replace`` it onto ``path``.
-
-    Readers see either the old file or the complete new one, never a partial one; on any error the temporary
-    file is removed and the exception propagates.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions of a new file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------------- IDX

@@ -80,10 +80,11 @@ def score_function_surrogate(log_q_pres: torch.Tensor, signal: torch.Tensor, bas
     """NVIL surrogate for the z_pres gradient.
 
     ``log_q_pres`` (B, N) are log q(z_pres_i) of the sampled values; ``sampled`` (B, N) is 1 where z_pres_i
-    was really sampled and 0 where an earlier absent object forced it to 0 (there it has no gradient). ``signal`` (B, N) is, per step, the part of the ELBO that z_pres_i can
-    influence (Rao-Blackwellised: the reconstruction and the KL terms of steps >= i). Minimising the returned
-    surrogate adds ``E[(signal_i - baseline_i) * grad log q(z_pres_i)]`` to the ELBO gradient; the second
-    value is the baseline's regression loss (it trains the baseline only)."""
+    was really sampled and 0 where an earlier absent object forced it to 0 (there it has no gradient).
+    ``signal`` (B, N) is, per step, the part of the ELBO that z_pres_i can influence (Rao-Blackwellised: the
+    reconstruction and the KL terms of steps >= i). Minimising the returned surrogate adds
+    ``E[(signal_i - baseline_i) * grad log q(z_pres_i)]`` to the ELBO gradient; the second value is the
+    baseline's regression loss (it trains the baseline only)."""
     signal = signal.detach()
     log_q_pres = log_q_pres * sampled
     if baseline is None:

@@ -161,3 +161,20 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def draw_inference(images, result, path: str | os.PathLike, true_counts: Sequence[int] | None = None,
+                   scale: int = 3) -> Path:
+    """What the model found: the input scenes (top row) with each inference step's window in its own
+    colour, and the model's reconstructions (bottom row) with the same windows. ``result`` is an
+    :class:`~attend_infer_repeat.model.InferenceResult` for ``images``."""
+    grey = _as_grey_uint8(images)
+    recon = _as_grey_uint8(np.clip(result.reconstruction.numpy(), 0, 1))
+    boxes = result.step_boxes.numpy().copy()
+    boxes[~result.z_pres.numpy().astype(bool)] = -1  # absent steps: no window
+    n = grey.shape[0]
+    counts = result.counts.tolist()
+    top = [f"found {c}" + (f" (true {t})" if true_counts is not None else "")
+           for c, t in zip(counts, true_counts if true_counts is not None else counts)]
+    return draw_scene_grid(np.concatenate([grey, recon]), np.concatenate([boxes, boxes]), path, ncols=n,
+                           scale=scale, captions=top + ["reconstruction"] * n)
