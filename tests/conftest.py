@@ -1,3 +1,7 @@
+import gzip
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,3 +36,21 @@ def blob_images(n: int, size: int = 20, seed: int = 0) -> torch.Tensor:
             c = int(torch.randint(0, size - side + 1, (1,), generator=g))
             x[i, 0, r:r + side, c:c + side] = 1.0
     return x, counts
+
+
+_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
+          np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    """The IDX encoding of ``a``: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
+    header = bytes([0, 0, _CODES[a.dtype], a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+    return header + a.astype(a.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, a: np.ndarray, gz: bool | None = None) -> Path:
+    """Write an IDX file (gzipped when ``gz``, or by default when the name ends in .gz)."""
+    data = idx_bytes(a)
+    gz = path.suffix == ".gz" if gz is None else gz
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path

@@ -1,16 +1,15 @@
 """``air data`` end to end: in-process through ``cli.main`` and as a real subprocess."""
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_idx
 from PIL import Image
 
 from attend_infer_repeat import mnist
@@ -30,11 +29,6 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def _write_idx(path: Path, a: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
-
-
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """A small MNIST stand-in (blobs of ink in 28x28 frames) as IDX files, for fast runs."""
@@ -46,8 +40,8 @@ def idx_dir(tmp_path_factory) -> Path:
             h, w = rng.integers(6, 20, 2)
             y, x = rng.integers(2, 26 - h), rng.integers(2, 26 - w)
             digits[i, y:y + h, x:x + w] = rng.integers(60, 256)
-        _write_idx(d / (IDX_FILES[split][0] + ".gz"), digits)
-        _write_idx(d / (IDX_FILES[split][1] + ".gz"), rng.integers(0, 10, m))
+        write_idx(d / (IDX_FILES[split][0] + ".gz"), digits)
+        write_idx(d / (IDX_FILES[split][1] + ".gz"), rng.integers(0, 10, m).astype(np.uint8))
     return d
 
 

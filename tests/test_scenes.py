@@ -2,16 +2,15 @@
 refusal of impossible requests, variable digit sizes, saving/loading and the scene cache."""
 from __future__ import annotations
 
-import gzip
-import re
 import importlib.util
-import struct
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 from PIL import Image
 
 from attend_infer_repeat import scenes as S
@@ -112,11 +111,6 @@ def ink_boxes_disjoint(sc: Scenes) -> bool:
     return True
 
 
-def write_idx(path: Path, a: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
-
-
 @pytest.fixture(scope="module")
 def split_marked_dir(tmp_path_factory) -> Path:
     """IDX files whose digits reveal their split: train digits' ink is 101, test digits' ink is 202."""
@@ -125,7 +119,7 @@ def split_marked_dir(tmp_path_factory) -> Path:
         digits, labels = rect_digits(60, seed=seed)
         digits[digits > 0] = value
         write_idx(d / (IDX_FILES[split][0] + ".gz"), digits)
-        write_idx(d / (IDX_FILES[split][1] + ".gz"), labels)
+        write_idx(d / (IDX_FILES[split][1] + ".gz"), labels.astype(np.uint8))
     return d
 
 

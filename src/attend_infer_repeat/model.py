@@ -27,8 +27,15 @@ import torch.nn as nn
 from . import attention
 from .config import ModelConfig
 from .networks import Baseline, ImageLSTM, WhatDecoder, WhatEncoder, WherePresPredictor
-from .objective import (bernoulli_log_prob, count_log_prior, kl_bernoulli, kl_normal, reverse_cumsum,
-                        score_function_surrogate, z_pres_prior_probs)
+from .objective import (
+    bernoulli_log_prob,
+    count_log_prior,
+    kl_bernoulli,
+    kl_normal,
+    reverse_cumsum,
+    score_function_surrogate,
+    z_pres_prior_probs,
+)
 
 
 @dataclass
