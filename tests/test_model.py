@@ -84,8 +84,11 @@ def test_gradients_reach_every_parameter_group(tiny_config):
         assert p.grad.abs().sum() > 0, f"no gradient reaches {name}"
 
 
-def test_baseline_trains_only_on_its_own_loss_and_is_used_by_the_guide(tiny_config):
-    model = AIR(tiny_config)
+@pytest.mark.parametrize("options", [{}, {"baseline_image": "shared"}, {"baseline_image": "shared", "dair": True}])
+def test_baseline_trains_only_on_its_own_loss_and_is_used_by_the_guide(tiny_config, options):
+    model = AIR(ModelConfig(**{**tiny_config.__dict__, **options}))
+    if options.get("baseline_image") == "shared":  # it reads the guide's image projection, has none of its own
+        assert model.baseline.lstm.image_proj is None
     x, _ = blob_images(64)
 
     def grads(loss_name, bias):

@@ -33,6 +33,9 @@ class ModelConfig:
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
+    # NVIL baseline input: "own" (its own projection of the image, as in Pyro) or "shared" (the guide's
+    # projection of the image, detached: same information, a third less arithmetic per step)
+    baseline_image: str = "own"
     # Likelihood p(x | z)
     likelihood: str = "gaussian"
     likelihood_sigma: float = 0.3
@@ -59,6 +62,8 @@ class ModelConfig:
             _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
         _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
+        _check(self.baseline_image in ("own", "shared"), f"baseline_image must be own or shared, got "
+               f"{self.baseline_image!r}")
         _check(self.z_pres_prior in Z_PRES_PRIORS,
                f"z_pres_prior must be one of {Z_PRES_PRIORS}, got {self.z_pres_prior!r}")
         _check(0 < self.z_pres_prior_p < 1, "z_pres_prior_p must be strictly between 0 and 1")

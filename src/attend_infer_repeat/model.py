@@ -94,7 +94,8 @@ class AIR(nn.Module):
         # generative model p(x | z)
         self.decoder = WhatDecoder(cfg.z_what_dim, cfg.decoder_hidden, cfg.window_size, cfg.decoder_output_bias)
         # variance reduction for the z_pres gradient
-        self.baseline = Baseline(n_pixels, latent_dim, cfg.lstm_hidden, cfg.predict_hidden)
+        self.baseline = Baseline(n_pixels if cfg.baseline_image == "own" else None, latent_dim, cfg.lstm_hidden,
+                                 cfg.predict_hidden)
         self.register_buffer("where_prior_loc", torch.tensor(
             [cfg.scale_prior_mean, cfg.shift_prior_mean, cfg.shift_prior_mean]), persistent=False)
         self.register_buffer("where_prior_std", torch.tensor(
@@ -166,7 +167,10 @@ class AIR(nn.Module):
         x_flat = x.flatten(1)
         # AIR sees the same image at every step: project it once (DAIR re-projects the residual each step).
         image_proj = None if cfg.dair else self.lstm.project_image(x_flat)
-        bl_proj = None if (cfg.dair or not with_baseline) else self.baseline.lstm.project_image(x_flat)
+        shared = cfg.baseline_image == "shared"
+        bl_proj = None
+        if with_baseline and not cfg.dair:
+            bl_proj = image_proj.detach() if shared else self.baseline.lstm.project_image(x_flat)
 
         state = self.lstm.initial_state(b, x)
         bl_state = self.baseline.lstm.initial_state(b, x) if with_baseline else None
@@ -200,7 +204,12 @@ class AIR(nn.Module):
 
             if with_baseline:  # NVIL baseline: the same inputs, none of its gradient reaches the guide
                 bl_latents = latents.detach()
-                bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1)) if cfg.dair else bl_proj
+                if not cfg.dair:
+                    bl_in = bl_proj
+                elif shared:
+                    bl_in = proj.detach()
+                else:
+                    bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1))
                 bl_state = self.baseline.lstm(bl_in, bl_latents, bl_state)
                 out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
