@@ -1,10 +1,17 @@
-"""Held-out evaluation: count accuracy and ELBO of a model on a set of scenes."""
+"""Held-out evaluation: count accuracy, localisation, ELBO and importance-weighted log p(x) of a model.
+
+``evaluate_counts`` is the quick check the trainer runs periodically; ``evaluate`` is the full evaluation
+behind ``air eval`` and the report."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
+from .errors import InputError
 from .model import AIR
+from .objective import bernoulli_log_prob
 
 
 def as_float_batch(images: torch.Tensor) -> torch.Tensor:
@@ -37,3 +44,418 @@ def evaluate_counts(model: AIR, images, counts, batch_size: int = 1000, train_st
     if with_elbo:
         out["elbo"] = elbo_sum / max(n, 1)
     return out
+
+
+# ============================================================================================================
+# Full evaluation (``air eval``): counts, localisation, ELBO and an importance-weighted log p(x)
+# ============================================================================================================
+# Why these metrics: AIR learns without labels, so what it "learned" shows in three independent ways — does it
+# count right (accuracy, and *which* counts it confuses), does it put its windows on the digits (boxes matched
+# to the true frames by IoU), and how good a density model is it (the ELBO is only a bound; the importance-
+# weighted estimate with K samples is a tighter one that converges to log p(x) as K grows).
+
+def box_iou(a, b) -> np.ndarray:
+    """IoU of every box in ``a`` (P, 4) with every box in ``b`` (T, 4): (P, T). Boxes are ``x_min, y_min,
+    x_max, y_max`` (any consistent unit); empty or inverted boxes have area 0 and IoU 0 with everything."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def linear_assignment(cost) -> tuple[np.ndarray, np.ndarray]:
+    """Exact minimum-cost assignment of a (R, C) cost matrix (the Hungarian method): ``min(R, C)`` pairs
+    ``(rows[i], cols[i])``, each row and column used at most once, with the smallest total cost.
+
+    Uses ``scipy.optimize.linear_sum_assignment`` when SciPy is installed; otherwise the O(n^3)
+    shortest-augmenting-path form of the Hungarian algorithm below (no dependency; the matrices here are
+    at most a few objects a side, so speed does not matter, exactness does)."""
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2:
+        raise InputError(f"cost must be a 2-d matrix, got shape {cost.shape}")
+    if cost.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if not np.isfinite(cost).all():
+        raise InputError("cost matrix contains NaN or infinite values")
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        pass
+    else:
+        r, c = linear_sum_assignment(cost)
+        return r.astype(np.int64), c.astype(np.int64)
+    transposed = cost.shape[0] > cost.shape[1]
+    a = cost.T if transposed else cost  # n rows <= m columns
+    n, m = a.shape
+    inf = float("inf")
+    u, v = np.zeros(n + 1), np.zeros(m + 1)  # potentials (1-based, index 0 is the virtual start)
+    p = np.zeros(m + 1, dtype=np.int64)  # p[j]: the row matched to column j (0 = none)
+    way = np.zeros(m + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        p[0], j0 = i, 0
+        minv = np.full(m + 1, inf)
+        used = np.zeros(m + 1, dtype=bool)
+        while True:  # grow a tree of tight edges from row i until it reaches a free column
+            used[j0] = True
+            i0, delta, j1 = p[j0], inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    cur = a[i0 - 1, j - 1] - u[i0] - v[j]
+                    if cur < minv[j]:
+                        minv[j], way[j] = cur, j0
+                    if minv[j] < delta:
+                        delta, j1 = minv[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[p[j]] += delta
+                    v[j] -= delta
+                else:
+                    minv[j] -= delta
+            j0 = j1
+            if p[j0] == 0:
+                break
+        while j0:  # augment along the path
+            j1 = way[j0]
+            p[j0] = p[j1]
+            j0 = j1
+    rows = np.array([p[j] - 1 for j in range(1, m + 1) if p[j]], dtype=np.int64)
+    cols = np.array([j - 1 for j in range(1, m + 1) if p[j]], dtype=np.int64)
+    if transposed:
+        rows, cols = cols, rows
+    order = np.argsort(rows)
+    return rows[order], cols[order]
+
+
+def match_boxes(pred, true) -> list[tuple[int, int, float]]:
+    """Pair predicted and true boxes one-to-one maximising the total IoU (Hungarian on 1 - IoU):
+    ``(pred index, true index, iou)`` for ``min(P, T)`` pairs (a pair may have IoU 0: a thresholded
+    metric decides whether it counts as a hit)."""
+    iou = box_iou(pred, true)
+    if iou.size == 0:
+        return []
+    rows, cols = linear_assignment(1.0 - iou)
+    return [(int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols)]
+
+
+def _real_boxes(b) -> np.ndarray:
+    """Drop padding rows (any negative or non-finite coordinate, the ``Scenes.boxes`` convention)."""
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    return b[np.isfinite(b).all(1) & (b >= 0).all(1)]
+
+
+def localisation_metrics(pred_boxes, true_boxes, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Boxes found vs true boxes over a data set (one (n_i, 4) array per image; true boxes may carry -1
+    padding rows). Per image the boxes are matched by :func:`match_boxes`; then
+
+    * ``mean_iou``: mean IoU of all matched pairs (how well the windows sit on the digits they matched),
+    * ``precision``: matched pairs with IoU >= threshold / predicted boxes (extra windows lower it),
+    * ``recall``: the same hits / true boxes (missed digits lower it)."""
+    if len(pred_boxes) != len(true_boxes):
+        raise InputError(f"{len(pred_boxes)} predicted box sets for {len(true_boxes)} images")
+    ious, hits, n_pred, n_true = [], 0, 0, 0
+    for p, t in zip(pred_boxes, true_boxes):
+        p, t = _real_boxes(p), _real_boxes(t)
+        n_pred += len(p)
+        n_true += len(t)
+        for _, _, iou in match_boxes(p, t):
+            ious.append(iou)
+            hits += iou >= iou_threshold
+    return {"mean_iou": float(np.mean(ious)) if ious else float("nan"),
+            "precision": hits / n_pred if n_pred else float("nan"),
+            "recall": hits / n_true if n_true else float("nan"),
+            "iou_threshold": iou_threshold, "matched": len(ious), "hits": int(hits),
+            "predicted_boxes": n_pred, "true_boxes": n_true}
+
+
+def confusion_matrix(true_counts, pred_counts, size: int | None = None) -> np.ndarray:
+    """(size, size) int matrix: entry [t, p] = images with true count t that the model counted as p.
+    ``size`` defaults to one more than the largest count present."""
+    t = np.asarray(true_counts, dtype=np.int64).ravel()
+    p = np.asarray(pred_counts, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise InputError(f"{t.size} true counts for {p.size} predicted counts")
+    if (t < 0).any() or (p < 0).any():
+        raise InputError("counts must be non-negative")
+    size = size if size is not None else int(max(t.max(initial=0), p.max(initial=0))) + 1
+    m = np.zeros((size, size), dtype=np.int64)
+    np.add.at(m, (t, p), 1)
+    return m
+
+
+def _normal_log_prob(x: torch.Tensor, loc, std) -> torch.Tensor:
+    """log N(x | loc, std^2) summed over the last dimension."""
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
+    return (-0.5 * ((x - loc) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def log_weights(model: AIR, x: torch.Tensor, train_step: int = 0) -> torch.Tensor:
+    """One importance weight per image: ``log p(x, z) - log q(z | x)`` with z ~ q(z | x), (B,).
+
+    Full log densities of the sampled latents (not the analytic KLs of the ELBO): z_pres_i is Bernoulli
+    under q and under ``model.prior(train_step)`` and counts only while the previous step was present
+    (after the first 0 the rest is 0 with probability 1 under both); z_where and z_what are Gaussian and
+    count only for present steps (absent steps' values are never used by the model, so their densities
+    cancel). Its mean is an unbiased estimate of the ELBO."""
+    q = model.guide(x, deterministic=False)
+    canvas = q.canvas if model.config.dair else model.render(q.z_what, q.z_where, q.z_pres)[0]
+    present = q.z_pres
+    alive = torch.cat([torch.ones_like(present[:, :1]), present[:, :-1]], 1)  # z_pres_{i-1}
+    prior_logit = torch.logit(model.prior(train_step).to(x))[None].expand_as(present)
+    log_p_pres = (alive * bernoulli_log_prob(present, prior_logit)).sum(1)
+    log_q_pres = (alive * bernoulli_log_prob(present, q.z_pres_logit)).sum(1)
+    log_p_obj = _normal_log_prob(q.z_where, model.where_prior_loc, model.where_prior_std) + \
+        _normal_log_prob(q.z_what, 0.0, 1.0)
+    log_q_obj = _normal_log_prob(q.z_where, q.z_where_loc, q.z_where_std) + \
+        _normal_log_prob(q.z_what, q.z_what_loc, q.z_what_std)
+    log_p = model.log_likelihood(x, canvas) + log_p_pres + (present * log_p_obj).sum(1)
+    log_q = log_q_pres + (present * log_q_obj).sum(1)
+    return log_p - log_q
+
+
+@torch.no_grad()
+def importance_log_px(model: AIR, images, k: int = 100, train_step: int = 0,
+                      max_rows: int = 4000) -> torch.Tensor:
+    """Importance-weighted estimate of log p(x) per image, (B,):
+    ``logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K`` with z_k ~ q(z | x) (Burda et al., 2016).
+
+    A lower bound in expectation that tightens as K grows (K = 1 is the ELBO). The K samples of several
+    images run as one batch of at most ``max_rows`` rows, so K = 100 costs about as much as evaluating the
+    guide on 100x the images."""
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"k (importance samples) must be a positive integer, got {k!r}")
+    x_all = as_float_batch(torch.as_tensor(images))
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    per = max(1, max_rows // k)  # images per batch
+    try:
+        for i in range(0, x_all.size(0), per):
+            x = x_all[i:i + per].to(dev)
+            b = x.size(0)
+            w = torch.empty(b, k, device=dev)
+            chunk = max(1, max_rows // b)  # samples per image per pass when K is larger than max_rows
+            for s in range(0, k, chunk):
+                c = min(chunk, k - s)
+                xr = x.repeat_interleave(c, 0)
+                w[:, s:s + c] = log_weights(model, xr, train_step).view(b, c).to(w)
+            out.append((torch.logsumexp(w.double(), 1) - math.log(k)).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _as_eval_data(data) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
+    """A Scenes, an images array, or (images, counts[, boxes]) -> (float images, counts or None, boxes or None)."""
+    from .scenes import Scenes
+
+    if isinstance(data, Scenes):
+        return data.float_images(), np.asarray(data.counts), np.asarray(data.boxes)
+    boxes = counts = None
+    if isinstance(data, (tuple, list)):
+        if not 1 <= len(data) <= 3:
+            raise InputError("data must be a Scenes, an image array, or (images, counts[, boxes])")
+        images = data[0]
+        counts = np.asarray(data[1]).astype(np.int64).ravel() if len(data) > 1 and data[1] is not None else None
+        boxes = np.asarray(data[2], dtype=np.float64) if len(data) > 2 and data[2] is not None else None
+    else:
+        images = data
+    from .inputs import as_image_batch
+    if isinstance(images, torch.Tensor) or isinstance(images, np.ndarray):
+        size = images.shape[-1] if images.ndim >= 2 else 0
+        x = as_image_batch(images, size)
+    else:
+        raise InputError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+    n = x.size(0)
+    if counts is not None and len(counts) != n:
+        raise InputError(f"{len(counts)} counts for {n} images")
+    if boxes is not None and len(boxes) != n:
+        raise InputError(f"{len(boxes)} box sets for {n} images")
+    return x, counts, boxes
+
+
+@torch.no_grad()
+def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 1000, batch_size: int = 500,
+             train_step: int = 0, seed: int = 0, iou_threshold: float = 0.5) -> dict:
+    """Everything ``air eval`` reports, as a JSON-ready dict.
+
+    ``data``: a :class:`~attend_infer_repeat.scenes.Scenes`, an image array (unlabelled: only the density
+    metrics and the distribution of found counts), or ``(images, counts[, boxes])``. Count and box metrics use
+    deterministic inference (as ``air infer``); the ELBO is the single-sample estimate per image, averaged; the
+    importance-weighted log p(x) uses ``iw_samples`` samples on the first ``iw_images`` images (None: all;
+    ``iw_samples=0`` skips it). Sampling is seeded (``seed``) so the numbers are repeatable; the global RNG is
+    left as it was."""
+    import time
+
+    x, counts, boxes = _as_eval_data(data)
+    if x.shape[-1] != model.config.image_size:
+        raise InputError(f"the images are {x.shape[-1]}x{x.shape[-1]} but the model works on "
+                         f"{model.config.image_size}x{model.config.image_size} images")
+    n = x.size(0)
+    if n == 0:
+        raise InputError("no images to evaluate")
+    t0 = time.perf_counter()
+    result = model.infer(x, batch_size=batch_size)
+    pred = result.counts.numpy()
+    n_steps = model.config.max_steps
+    out: dict = {"n": n, "train_step": train_step, "max_steps": n_steps,
+                 "predicted_count_histogram": np.bincount(pred, minlength=n_steps + 1).tolist()}
+    if counts is not None:
+        size = max(n_steps, int(counts.max(initial=0))) + 1
+        cm = confusion_matrix(counts, pred, size)
+        out["count_acc"] = float((pred == counts).mean())
+        out["count_acc_per_true_count"] = {str(c): float(cm[c, c] / cm[c].sum()) for c in range(size)
+                                           if cm[c].sum() > 0}
+        out["true_count_histogram"] = cm.sum(1).tolist()
+        out["confusion"] = cm.tolist()
+    if boxes is not None:
+        out["localisation"] = localisation_metrics([b.numpy() for b in result.boxes], boxes, iou_threshold)
+    from .scenes import Scenes
+
+    if isinstance(data, Scenes):  # also against the tight ink boxes: the windows AIR learns frame the ink
+        out["localisation_ink"] = localisation_metrics([b.numpy() for b in result.boxes],
+                                                       np.asarray(data.ink_boxes), iou_threshold)
+    devices = []
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        devices = [dev.index or 0]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        elbo = []
+        was_training = model.training
+        model.eval()
+        try:
+            for i in range(0, n, batch_size):
+                xb = x[i:i + batch_size].to(dev)
+                elbo.append(model.loss(xb, train_step, use_baseline=False).elbo.double().cpu())
+        finally:
+            model.train(was_training)
+        elbo_t = torch.cat(elbo)
+        out["elbo"] = float(elbo_t.mean())
+        out["elbo_std"] = float(elbo_t.std()) if n > 1 else 0.0
+        out["per_image_elbo"] = elbo_t.tolist()
+        if iw_samples:
+            m = n if iw_images is None else min(iw_images, n)
+            t1 = time.perf_counter()
+            lpx = importance_log_px(model, x[:m], iw_samples, train_step)
+            out["iw_log_px"] = float(lpx.mean())
+            out["iw_samples"] = iw_samples
+            out["iw_images"] = m
+            out["elbo_on_iw_images"] = float(elbo_t[:m].mean())
+            out["iw_seconds"] = round(time.perf_counter() - t1, 2)
+    out["per_image_predicted_count"] = pred.tolist()
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def format_table(result: dict) -> str:
+    """``evaluate``'s dict as a readable plain-text table for the terminal."""
+    lines = [f"scenes evaluated:        {result['n']}"]
+    if "count_acc" in result:
+        lines.append(f"count accuracy:          {result['count_acc']:.4f}")
+        for c, acc in result["count_acc_per_true_count"].items():
+            lines.append(f"  true count {c}:          {acc:.4f}  ({result['true_count_histogram'][int(c)]} scenes)")
+        cm = result["confusion"]
+        width = max(6, max(len(str(v)) for row in cm for v in row) + 1)
+        lines.append("count confusion (rows: true count, columns: found count):")
+        lines.append("      " + "".join(f"{p:>{width}}" for p in range(len(cm))))
+        for t, row in enumerate(cm):
+            lines.append(f"  {t:>3} " + "".join(f"{v:>{width}}" for v in row))
+    else:
+        lines.append("found counts:            " + ", ".join(
+            f"{c}: {v}" for c, v in enumerate(result["predicted_count_histogram"])))
+    if "localisation" in result:
+        loc = result["localisation"]
+        th = loc["iou_threshold"]
+        lines.append(f"mean IoU of matches:     {loc['mean_iou']:.4f}  ({loc['matched']} matched pairs)")
+        lines.append(f"precision @ IoU {th:g}:    {loc['precision']:.4f}  ({loc['hits']} / "
+                     f"{loc['predicted_boxes']} boxes found)")
+        lines.append(f"recall @ IoU {th:g}:       {loc['recall']:.4f}  ({loc['hits']} / {loc['true_boxes']} "
+                     "true boxes)")
+    if "localisation_ink" in result:
+        loc = result["localisation_ink"]
+        lines.append(f"against the ink boxes:   mean IoU {loc['mean_iou']:.4f}, precision {loc['precision']:.4f}, "
+                     f"recall {loc['recall']:.4f} @ IoU {loc['iou_threshold']:g}")
+    if "elbo" in result:
+        lines.append(f"ELBO per image:          {result['elbo']:.2f}  (std {result['elbo_std']:.2f}, nats)")
+    if "iw_log_px" in result:
+        lines.append(f"IW log p(x), K={result['iw_samples']}:   {result['iw_log_px']:.2f}  (first "
+                     f"{result['iw_images']} scenes; their ELBO {result['elbo_on_iw_images']:.2f}; "
+                     f"{result['iw_seconds']:.1f} s)")
+    lines.append(f"time:                    {result['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading a model and its held-out data (shared by ``air eval``, ``air report`` and ``air infer``)
+# ------------------------------------------------------------------------------------------------------------
+def load_run(path, device: str | torch.device = "cpu"):
+    """A checkpoint file or run directory -> ``(model in eval mode, RunConfig, training step)``. The step
+    matters for an annealed count prior: the ELBO is measured against the prior the model had then."""
+    from .checkpoint import check_state_dict, load_checkpoint, resolve_checkpoint
+    from .config import RunConfig
+    from .errors import CheckpointError
+
+    p = resolve_checkpoint(path)
+    state = load_checkpoint(p)
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except (InputError, TypeError) as e:
+        raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
+    model = AIR(cfg.model)
+    check_state_dict(model, state["model"], p)
+    model.load_state_dict(state["model"])
+    step = state.get("step", 0)
+    return model.to(device).eval(), cfg, int(step) if isinstance(step, int) else 0
+
+
+def take_scenes(scenes, n: int | None):
+    """The first ``n`` scenes of a Scenes (all when ``n`` is None or larger)."""
+    from .scenes import Scenes
+
+    if n is None or n >= len(scenes):
+        return scenes
+    return Scenes(images=scenes.images[:n], counts=scenes.counts[:n], boxes=scenes.boxes[:n],
+                  ink_boxes=scenes.ink_boxes[:n], labels=scenes.labels[:n], config=scenes.config,
+                  split=scenes.split)
+
+
+def run_test_scenes(cfg, n: int | None = None):
+    """The held-out scenes of a run (the ones ``air train`` scored: MNIST test digits, seed data_seed + 1,
+    the run's canvas, digit size and counts), generated once and cached; the first ``n`` of them."""
+    from .scenes import SceneConfig, load_or_make_scenes
+
+    t = cfg.train
+    sc = SceneConfig(canvas_size=cfg.model.image_size, digit_size=t.digit_size, max_digit_size=t.max_digit_size,
+                     counts=t.counts, seed=t.data_seed + 1)
+    return take_scenes(load_or_make_scenes("test", t.n_test, sc, data_dir=t.data_dir), n)
+
+
+def load_eval_data(spec, model: AIR, cfg, n: int | None = None, invert: str = "auto"):
+    """What to evaluate on: ``None`` -> the run's own held-out scenes; a scene ``.npz`` that ``air data`` wrote
+    -> those scenes (labels and boxes); any other image files, folders or arrays -> unlabelled images prepared
+    as ``air infer`` prepares them (see :mod:`attend_infer_repeat.images`). Returns a Scenes or a float array."""
+    from pathlib import Path
+
+    from .errors import DataError
+    from .images import prepare, read_inputs
+    from .scenes import NPZ_KEYS, Scenes
+
+    if spec is None:
+        return run_test_scenes(cfg, n)
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if len(specs) == 1 and Path(specs[0]).suffix == ".npz" and Path(specs[0]).is_file():
+        try:
+            with np.load(specs[0], allow_pickle=False) as z:
+                is_scenes = all(k in z.files for k in NPZ_KEYS)
+        except Exception as e:
+            raise DataError(f"{specs[0]}: not a readable .npz ({type(e).__name__}: {e})") from e
+        if is_scenes:
+            return take_scenes(Scenes.load(specs[0]), n)
+    images = read_inputs(specs)[:n]
+    size = model.config.image_size
+    return np.stack([prepare(s.pixels, size, invert).image for s in images])

@@ -109,6 +109,8 @@ def draw_scene_grid(
                 # Exclusive max edge -> last covered pixel; keep the outline inside the cell.
                 rect = [x0 + bx0 * scale, y0 + by0 * scale,
                         x0 + min(bx1 * scale, cell_w) - 1, y0 + min(by1 * scale, cell_h) - 1]
+                if rect[2] < rect[0] or rect[3] < rect[1]:  # entirely outside the cell
+                    continue
                 draw.rectangle(rect, outline=tuple(colours[j % len(colours)]), width=line_width)
         if captions is not None:
             draw.text((x0 + 1, y0 + cell_h), str(captions[i]), fill=(230, 230, 230), font=font)
@@ -178,3 +180,105 @@ def draw_inference(images, result, path: str | os.PathLike, true_counts: Sequenc
            for c, t in zip(counts, true_counts if true_counts is not None else counts)]
     return draw_scene_grid(np.concatenate([grey, recon]), np.concatenate([boxes, boxes]), path, ncols=n,
                            scale=scale, captions=top + ["reconstruction"] * n)
+
+
+def draw_overlay(pixels, boxes: Sequence[tuple[int, Sequence[float]]], path: str | os.PathLike,
+                 min_side: int = 240, line_width: int = 2) -> Path:
+    """One image (H, W) at its own size (enlarged by an integer factor so its longer side is at least
+    ``min_side`` px) with boxes ``(step, (x_min, y_min, x_max, y_max))`` in its pixels, each in the colour of
+    its inference step (step 0 red, 1 green, 2 blue, ...: the colours of :data:`DEFAULT_COLOURS`) and
+    labelled with the step number. Boxes may reach past the edge; they are clipped to the picture."""
+    grey = _as_grey_uint8(np.asarray(pixels)[None])[0]
+    h, w = grey.shape
+    scale = max(1, -(-min_side // max(h, w)))
+    img = Image.fromarray(grey).resize((w * scale, h * scale), Image.Resampling.NEAREST).convert("RGB")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for step, (x0, y0, x1, y1) in boxes:
+        colour = tuple(DEFAULT_COLOURS[step % len(DEFAULT_COLOURS)])
+        rect = [max(0, x0 * scale), max(0, y0 * scale), min(w * scale, x1 * scale) - 1,
+                min(h * scale, y1 * scale) - 1]
+        if rect[2] <= rect[0] or rect[3] <= rect[1]:
+            continue
+        d.rectangle(rect, outline=colour, width=line_width)
+        d.text((rect[0] + 3, rect[1] + 2), str(step + 1), fill=colour, font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def draw_image_table(rows: Sequence[Sequence[np.ndarray]], path: str | os.PathLike, scale: int = 3,
+                     row_labels: Sequence[str] | None = None, column_labels: Sequence[str] | None = None,
+                     borders: Sequence[Sequence[tuple[int, int, int] | None]] | None = None) -> Path:
+    """A table of grey images (each (h, w) in [0, 1] or uint8; sizes may differ between columns): one row per
+    sequence, columns left to right, each cell enlarged ``scale`` times and placed in a cell as large as the
+    largest image of its column. Optional text labels on the left of rows and above columns, and an optional
+    coloured border per cell (e.g. the inference step's colour). Used for the step-by-step decomposition,
+    prior samples and latent traversals."""
+    if not rows or not rows[0]:
+        raise InputError("draw_image_table needs at least one image")
+    ncols = max(len(r) for r in rows)
+    grey_rows = [[_as_grey_uint8(np.asarray(c)[None])[0] for c in r] for r in rows]
+    col_w = [max(r[j].shape[1] for r in grey_rows if j < len(r)) * scale for j in range(ncols)]
+    row_h = [max(c.shape[0] for c in r) * scale for r in grey_rows]
+    font = ImageFont.load_default()
+    label_w = (max(len(s) for s in row_labels) * 6 + 8) if row_labels else 0
+    head_h = 14 if column_labels else 0
+    pad = 4
+    width = label_w + pad + sum(cw + pad for cw in col_w)
+    height = head_h + pad + sum(rh + pad for rh in row_h)
+    img = Image.new("RGB", (width, height), (40, 40, 40))
+    d = ImageDraw.Draw(img)
+    xs = [label_w + pad + sum(cw + pad for cw in col_w[:j]) for j in range(ncols)]
+    if column_labels:
+        for j, text in enumerate(column_labels[:ncols]):
+            d.text((xs[j], 2), str(text), fill=(230, 230, 230), font=font)
+    y = head_h + pad
+    for i, r in enumerate(grey_rows):
+        if row_labels:
+            d.text((4, y + row_h[i] // 2 - 6), str(row_labels[i]), fill=(230, 230, 230), font=font)
+        for j, cell in enumerate(r):
+            ch, cw = cell.shape
+            im = Image.fromarray(cell).resize((cw * scale, ch * scale), Image.Resampling.NEAREST).convert("RGB")
+            img.paste(im, (xs[j], y))
+            colour = borders[i][j] if borders is not None and j < len(borders[i]) else None
+            if colour is not None:
+                d.rectangle([xs[j] - 1, y - 1, xs[j] + cw * scale, y + ch * scale], outline=tuple(colour), width=2)
+        y += row_h[i] + pad
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def draw_confusion(matrix, path: str | os.PathLike, cell: int = 56) -> Path:
+    """A count confusion matrix (rows: true count, columns: found count) as a PNG heat map: each cell shaded
+    by its share of its row (so the diagonal reads as per-count accuracy) and labelled with the number."""
+    m = np.asarray(matrix, dtype=np.int64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.size == 0:
+        raise InputError(f"a confusion matrix must be square and non-empty, got shape {m.shape}")
+    k = m.shape[0]
+    left, top = 70, 40
+    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 10), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    d.text((left, 4), "found count ->", fill=(0, 0, 0), font=font)
+    d.text((2, top - 14), "true count", fill=(0, 0, 0), font=font)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    for t in range(k):
+        d.text((left - 16, top + t * cell + cell // 2 - 6), str(t), fill=(0, 0, 0), font=font)
+        d.text((left + t * cell + cell // 2 - 3, top - 14), str(t), fill=(0, 0, 0), font=font)
+        for p in range(k):
+            v = share[t, p]
+            shade = (int(255 - 200 * v), int(255 - 120 * v), 255) if t == p else (255, int(255 - 200 * v),
+                                                                                  int(255 - 200 * v))
+            box = [left + p * cell, top + t * cell, left + (p + 1) * cell - 1, top + (t + 1) * cell - 1]
+            d.rectangle(box, fill=shade, outline=(160, 160, 160))
+            text = str(int(m[t, p]))
+            d.text((box[0] + cell // 2 - 3 * len(text), box[1] + cell // 2 - 6), text,
+                   fill=(255, 255, 255) if v > 0.6 else (0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
