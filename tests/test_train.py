@@ -140,3 +140,48 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_non_finite_loss_skips_the_update_and_training_goes_on(tiny_config, tmp_path):
+    tr = Trainer(tiny_run(tiny_config, steps=6), tmp_path, data=tiny_data(), progress=False)
+    real_loss = tr.model.loss
+    snapshot = {}
+
+    def poisoned(x, step=0, **kw):
+        out = real_loss(x, step, **kw)
+        if step == 2:  # the third step's loss is NaN
+            snapshot["before"] = params(tr.model).clone()
+            out.loss = out.loss * float("nan")
+        return out
+
+    tr.model.loss = poisoned
+    real_step = tr.train_step
+
+    def step_and_check(x):
+        out = real_step(x)
+        if out.skipped:  # the weights are exactly as before the poisoned step
+            assert torch.equal(params(tr.model), snapshot["before"])
+        return out
+
+    tr.train_step = step_and_check
+    summary = tr.fit()
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 1
+    assert torch.isfinite(params(tr.model)).all()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("skipped_steps", 0) for r in logged) == 1
+
+
+def test_a_diverged_run_stops_with_a_clear_error(tiny_config, tmp_path):
+    from attend_infer_repeat.errors import AIRError
+
+    tr = Trainer(tiny_run(tiny_config, steps=100), tmp_path, data=tiny_data(), progress=False)
+    real_loss = tr.model.loss
+
+    def always_nan(x, step=0, **kw):
+        out = real_loss(x, step, **kw)
+        out.loss = out.loss * float("nan")
+        return out
+
+    tr.model.loss = always_nan
+    with pytest.raises(AIRError, match="diverged"):
+        tr.fit()

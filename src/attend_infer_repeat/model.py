@@ -63,6 +63,7 @@ class LossOutput:
     elbo: torch.Tensor  # (B,) per-image ELBO, detached
     counts: torch.Tensor  # (B,) sampled number of objects
     terms: dict[str, torch.Tensor]  # per-image means of the ELBO's parts, detached, for logging
+    skipped: bool = False  # set by the trainer: the update was skipped (non-finite loss or gradient)
 
 
 @dataclass

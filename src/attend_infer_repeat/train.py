@@ -22,9 +22,12 @@ import torch
 
 from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .errors import CheckpointError, InputError
+from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts
 from .model import AIR
+
+
+MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row means the run has diverged
 
 
 def pick_device(name: str) -> torch.device:
@@ -204,6 +207,8 @@ class Trainer:
         self.perm = torch.randperm(len(self.data.train_images), generator=self.order_gen)
         self.pos = 0
         self.step = 0
+        self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient
+        self.consecutive_skips = 0
         self.train_s = 0.0
         self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
         self.progress = progress
@@ -223,6 +228,7 @@ class Trainer:
     def state(self) -> dict:
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "step": self.step, "train_seconds": self.train_s, "best": dict(self.best),
+                "skipped_steps": self.skipped_steps,
                 "rng": {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "data_order": {"perm": self.perm, "pos": self.pos}}
@@ -245,6 +251,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.train_s, self.best = state["step"], state["train_seconds"], state["best"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         torch.set_rng_state(state["rng"]["torch"])
         self.order_gen.set_state(state["rng"]["order"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -278,11 +285,26 @@ class Trainer:
         with self.autocast():
             out = self.model.loss(x, self.step)
         self.opt.zero_grad(set_to_none=True)
-        (out.loss + out.baseline_loss).backward()
-        if self.cfg.train.grad_clip:
-            params = [p for g in self.opt.param_groups if g["name"] == "model" for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
-        self.opt.step()
+        total = out.loss + out.baseline_loss
+        out.skipped = not bool(torch.isfinite(total))
+        if not out.skipped:
+            total.backward()
+            grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+            out.skipped = not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum()))
+        if out.skipped:  # a non-finite loss or gradient never reaches the weights: skip the update, count it
+            self.opt.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise AIRError(f"training diverged: {self.consecutive_skips} steps in a row had a non-finite loss "
+                               f"or gradient (step {self.step}); the weights were not touched by them. Resume "
+                               "from last.pt (--resume) or start again with a lower --lr")
+        else:
+            self.consecutive_skips = 0
+            if self.cfg.train.grad_clip:
+                params = [p for g in self.opt.param_groups if g["name"] == "model" for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+            self.opt.step()
         self.step += 1
         return out
 
@@ -337,6 +359,10 @@ class Trainer:
                 idx = self.next_batch()
                 x = as_float_batch(self.data.train_images[idx]).to(self.device, non_blocking=True)
                 out = self.train_step(x)
+                if out.skipped:
+                    print(f"\nstep {self.step}: non-finite loss or gradient, update skipped "
+                          f"({self.skipped_steps} so far)", file=sys.stderr)
+                    continue
                 elbo = float(out.elbo.mean())
                 acc = float((out.counts.cpu() == self.data.train_counts[idx]).float().mean())
                 dt = time.perf_counter() - t0
@@ -346,14 +372,12 @@ class Trainer:
                 window["n"] += 1
                 window["t"] += dt
                 window["imgs"] += x.size(0)
-                if not math.isfinite(elbo):
-                    raise FloatingPointError(f"the ELBO became {elbo} at step {self.step}")
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     stats.update(elbo=window["elbo"] / window["n"], train_acc=window["acc"] / window["n"],
                                  ips=window["imgs"] / max(window["t"], 1e-9))
                     log.write({"kind": "train", "step": self.step, "train_seconds": round(self.train_s, 2),
                                "elbo": stats["elbo"], "count_acc": stats["train_acc"],
-                               "images_per_s": stats["ips"],
+                               "images_per_s": stats["ips"], "skipped_steps": self.skipped_steps,
                                **{k: float(v) for k, v in out.terms.items()}})
                     window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
                     bar.update(self.step, self.train_s, stats)
@@ -393,7 +417,7 @@ class Trainer:
                    "images_per_s": round(self.step * t.batch_size / max(self.train_s, 1e-9), 1),
                    "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
                    "held_out_n": final["n"], "best": self.best, "device": str(self.device),
-                   "precision": self.precision,
+                   "precision": self.precision, "skipped_steps": self.skipped_steps,
                    "peak_rss_gib": round(peak_rss_gib(), 2)}
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
