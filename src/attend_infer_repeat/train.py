@@ -336,6 +336,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.part"):  # temporary files of a write a killed process never finished
+            stale.unlink(missing_ok=True)
         log = MetricsLog(self.run_dir, self.tensorboard)
         if resume:
             last = self.run_dir / "last.pt"
