@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, RunConfig
+from .config import RunConfig
 from .errors import CheckpointError, InputError
 from .files import atomic_write
 
@@ -69,19 +69,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the AIR model a checkpoint holds, in eval mode."""
+def load_run(path: str | Path, device: str | torch.device = "cpu"):
+    """A checkpoint file or run directory -> ``(AIR model in eval mode, RunConfig, training step)``.
+
+    The step matters for an annealed count prior: the ELBO is measured against the prior the model had then."""
     from .model import AIR
 
-    state = load_checkpoint(path)
+    p = resolve_checkpoint(path)
+    state = load_checkpoint(p)
     try:
-        config = RunConfig.from_dict(state["config"]).model
+        config = RunConfig.from_dict(state["config"])
     except (InputError, TypeError) as e:
-        raise CheckpointError(f"{path}: its configuration is not one this version understands: {e}") from e
-    model = AIR(config)
-    check_state_dict(model, state["model"], path)
+        raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
+    model = AIR(config.model)
+    check_state_dict(model, state["model"], p)
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    step = state.get("step", 0)
+    return model.to(device).eval(), config, int(step) if isinstance(step, int) else 0
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the AIR model a checkpoint holds, in eval mode."""
+    return load_run(path, device)[0]
 
 
 def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:
@@ -96,7 +105,3 @@ def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], p
             f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
             f"shape mismatch {shapes[:3]}" if shapes else ""]))
         raise CheckpointError(f"{path}: the weights do not fit the model its configuration describes ({detail})")
-
-
-def model_config_of(path: str | Path) -> ModelConfig:
-    return RunConfig.from_dict(load_checkpoint(path)["config"]).model

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from .checkpoint import load_run  # noqa: F401  (part of this module's API: air eval, report)
 from .errors import InputError
 from .model import AIR
 from .objective import bernoulli_log_prob
@@ -393,26 +394,6 @@ def format_table(result: dict) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # Loading a model and its held-out data (shared by ``air eval``, ``air report`` and ``air infer``)
 # ------------------------------------------------------------------------------------------------------------
-def load_run(path, device: str | torch.device = "cpu"):
-    """A checkpoint file or run directory -> ``(model in eval mode, RunConfig, training step)``. The step
-    matters for an annealed count prior: the ELBO is measured against the prior the model had then."""
-    from .checkpoint import check_state_dict, load_checkpoint, resolve_checkpoint
-    from .config import RunConfig
-    from .errors import CheckpointError
-
-    p = resolve_checkpoint(path)
-    state = load_checkpoint(p)
-    try:
-        cfg = RunConfig.from_dict(state["config"])
-    except (InputError, TypeError) as e:
-        raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
-    model = AIR(cfg.model)
-    check_state_dict(model, state["model"], p)
-    model.load_state_dict(state["model"])
-    step = state.get("step", 0)
-    return model.to(device).eval(), cfg, int(step) if isinstance(step, int) else 0
-
-
 def take_scenes(scenes, n: int | None):
     """The first ``n`` scenes of a Scenes (all when ``n`` is None or larger)."""
     from .scenes import Scenes
