@@ -171,6 +171,29 @@ def test_non_finite_loss_skips_the_update_and_training_goes_on(tiny_config, tmp_
     assert max(r.get("skipped_steps", 0) for r in logged) == 1
 
 
+def test_runs_of_nan_steps_roll_back_to_the_last_checkpoint_with_a_lower_rate(tiny_config, tmp_path, monkeypatch):
+    import attend_infer_repeat.train as train_module
+
+    monkeypatch.setattr(train_module, "MAX_CONSECUTIVE_SKIPS", 3)
+    tr = Trainer(tiny_run(tiny_config, steps=20, checkpoint_every=5), tmp_path, data=tiny_data(), progress=False)
+    real_loss = tr.model.loss
+
+    def nan_for_a_while(x, step=0, **kw):
+        out = real_loss(x, step, **kw)
+        if 7 <= step < 10:  # three non-finite steps in a row, after the checkpoint of step 5
+            out.loss = out.loss * float("nan")
+        return out
+
+    tr.model.loss = nan_for_a_while
+    summary = tr.fit()
+    assert summary["steps"] == 20 and summary["rollbacks"] == 1 and summary["skipped_steps"] == 3
+    assert tr.lr_scale == 0.5 and torch.isfinite(params(tr.model)).all()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "rollback"]
+    assert len(events) == 1 and events[0]["to_step"] == 5 and events[0]["lr_scale"] == 0.5
+    assert load_checkpoint(tmp_path / "last.pt")["lr_scale"] == 0.5  # a resumed run keeps the lower rate
+
+
 def test_a_diverged_run_stops_with_a_clear_error(tiny_config, tmp_path):
     from attend_infer_repeat.errors import AIRError
 

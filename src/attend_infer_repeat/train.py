@@ -27,7 +27,8 @@ from .evaluate import as_float_batch, evaluate_counts
 from .model import AIR
 
 
-MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row means the run has diverged
+MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
+MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
 
 
 def pick_device(name: str) -> torch.device:
@@ -209,6 +210,9 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient
         self.consecutive_skips = 0
+        self.rollbacks = 0  # returns to the last good checkpoint after runs of non-finite steps
+        self.lr_scale = 1.0  # halved by each rollback
+        self.events: list[dict] = []  # rollbacks, written to metrics.jsonl by the loop
         self.train_s = 0.0
         self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
         self.progress = progress
@@ -228,7 +232,7 @@ class Trainer:
     def state(self) -> dict:
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "step": self.step, "train_seconds": self.train_s, "best": dict(self.best),
-                "skipped_steps": self.skipped_steps,
+                "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
                 "rng": {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "data_order": {"perm": self.perm, "pos": self.pos}}
@@ -252,6 +256,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.train_s, self.best = state["step"], state["train_seconds"], state["best"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
         torch.set_rng_state(state["rng"]["torch"])
         self.order_gen.set_state(state["rng"]["order"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -277,11 +282,33 @@ class Trainer:
             return 1.0
         return t.lr_final_fraction + (1 - t.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * self.budget_fraction()))
 
+    def roll_back(self) -> None:
+        """Non-finite steps keep coming: go back to the weights and optimiser of the last good checkpoint and
+        halve the learning rates (the step count, data order and budget go on). After MAX_ROLLBACKS, stop."""
+        last = self.run_dir / "last.pt"
+        if self.rollbacks >= MAX_ROLLBACKS or not last.exists():
+            raise AIRError(f"training diverged: {self.consecutive_skips} steps in a row had a non-finite loss or "
+                           f"gradient (step {self.step}, after {self.rollbacks} rollbacks); the weights were not "
+                           "touched by them. Start again with a lower --lr")
+        state = load_checkpoint(last, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.rollbacks += 1
+        self.lr_scale *= 0.5
+        self.consecutive_skips = 0
+        message = (f"step {self.step}: {MAX_CONSECUTIVE_SKIPS} non-finite steps in a row; rolled back to the "
+                   f"weights of step {state['step']} with learning rates x{self.lr_scale:g}")
+        print("\n" + message, file=sys.stderr)
+        self.events.append({"kind": "rollback", "step": self.step, "to_step": state["step"],
+                            "lr_scale": self.lr_scale, "message": message})
+
     def train_step(self, x: torch.Tensor):
         factor = self.learning_rate_factor()
         for g in self.opt.param_groups:  # the schedule applies to model and guide; the baseline keeps its rate
             if g["name"] == "model":
-                g["lr"] = self.cfg.train.lr * factor
+                g["lr"] = self.cfg.train.lr * factor * self.lr_scale
+            else:
+                g["lr"] = self.cfg.train.baseline_lr * self.lr_scale
         with self.autocast():
             out = self.model.loss(x, self.step)
         self.opt.zero_grad(set_to_none=True)
@@ -296,9 +323,7 @@ class Trainer:
             self.skipped_steps += 1
             self.consecutive_skips += 1
             if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                raise AIRError(f"training diverged: {self.consecutive_skips} steps in a row had a non-finite loss "
-                               f"or gradient (step {self.step}); the weights were not touched by them. Resume "
-                               "from last.pt (--resume) or start again with a lower --lr")
+                self.roll_back()
         else:
             self.consecutive_skips = 0
             if self.cfg.train.grad_clip:
@@ -361,6 +386,8 @@ class Trainer:
                 idx = self.next_batch()
                 x = as_float_batch(self.data.train_images[idx]).to(self.device, non_blocking=True)
                 out = self.train_step(x)
+                while self.events:
+                    log.write(self.events.pop(0))
                 if out.skipped:
                     print(f"\nstep {self.step}: non-finite loss or gradient, update skipped "
                           f"({self.skipped_steps} so far)", file=sys.stderr)
@@ -419,7 +446,7 @@ class Trainer:
                    "images_per_s": round(self.step * t.batch_size / max(self.train_s, 1e-9), 1),
                    "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
                    "held_out_n": final["n"], "best": self.best, "device": str(self.device),
-                   "precision": self.precision, "skipped_steps": self.skipped_steps,
+                   "precision": self.precision, "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
                    "peak_rss_gib": round(peak_rss_gib(), 2)}
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
