@@ -7,6 +7,7 @@ printed as one clear message with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import AIRError
@@ -238,10 +239,13 @@ def _run_train(args) -> int:
                                 digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
                                 data_seed=args.data_seed, data_dir=args.data_dir)
         cfg = RunConfig(model=model, train=train_cfg)
-    print(f"air train: writing {run_dir}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"air train: writing {run_dir}", file=sys.stderr)
     summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     if summary.get("interrupted"):
         return 130
+    if "rank" in summary:  # another process of a torchrun launch: the first one reports
+        return 0
     print(f"done: {summary['steps']} steps in {summary['train_minutes']} min "
           f"({summary['images_per_s']:.0f} img/s); held-out count accuracy "
           f"{summary['held_out_count_acc']:.4f} on {summary['held_out_n']} scenes, ELBO "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -29,6 +31,11 @@ from .model import AIR
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of process ``rank`` in a distributed run."""
+    return seed + 7919 * (rank + 1)
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,6 +50,33 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps was asked for but MPS is not available; use --device cpu or auto")
     return torch.device(name)
+
+
+def init_distributed(device_type: str) -> tuple[int, int]:
+    """(world size, rank). Under ``torchrun`` (WORLD_SIZE > 1) joins the process group: NCCL on GPUs, Gloo on
+    CPUs. A plain ``air train`` is a world of one and touches nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_world_size(), dist.get_rank()
+
+
+class _LossModule(nn.Module):
+    """What DistributedDataParallel wraps: its forward is AIR's training loss (model + baseline), so that
+    DDP averages exactly the gradients ``loss.backward()`` produces across processes."""
+
+    def __init__(self, model: AIR):
+        super().__init__()
+        self.model = model
+        self.last = None
+
+    def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        self.last = self.model.loss(x, step)
+        return self.last.loss + self.last.baseline_loss
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -134,8 +168,9 @@ def _fmt_time(s: float) -> str:
 class MetricsLog:
     """Append-only JSONL of metrics (one flushed line per record); TensorBoard too where it is installed."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # False in every process of a distributed run but the first
         self.tb = None
         if tensorboard:
             try:
@@ -159,6 +194,8 @@ class MetricsLog:
         atomic_write_bytes(self.path, lambda f: f.write(text.encode()))
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -199,10 +236,26 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
+        self.world, self.rank = init_distributed(self.device.type)
+        self.is_main = self.rank == 0  # only the first process writes metrics, checkpoints and the report
+        if self.world > 1:
+            if t.batch_size % self.world:
+                raise InputError(f"--batch-size {t.batch_size} (the global batch) must divide evenly among "
+                                 f"{self.world} processes")
+            if t.minutes:
+                raise InputError("with several processes give the budget in --steps, not --minutes")
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
         self.precision = resolve_precision(t.precision, self.device)
-        torch.manual_seed(t.seed)
+        torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = AIR(cfg.model).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(_LossModule(self.model))
+            torch.manual_seed(rank_seed(t.seed, self.rank))  # each process samples its own latents
         self.data = data if data is not None else load_data(cfg)
         self.order_gen = torch.Generator().manual_seed(t.seed + 1)
         self.perm = torch.randperm(len(self.data.train_images), generator=self.order_gen)
@@ -239,8 +292,19 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.run_dir / name
-        save_checkpoint(path, self.state())
+        if self.is_main:
+            save_checkpoint(path, self.state())
         return path
+
+    def all_agree(self, flag: bool, op: str = "max") -> bool:
+        """Combine a yes/no across processes (max: anyone says yes; min: everyone says yes)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
 
     def restore(self, path: str | Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
@@ -310,10 +374,15 @@ class Trainer:
             else:
                 g["lr"] = self.cfg.train.baseline_lr * self.lr_scale
         with self.autocast():
-            out = self.model.loss(x, self.step)
+            if self.ddp is not None:
+                total = self.ddp(x, self.step)
+                out = self.ddp.module.last
+            else:
+                out = self.model.loss(x, self.step)
+                total = out.loss + out.baseline_loss
         self.opt.zero_grad(set_to_none=True)
-        total = out.loss + out.baseline_loss
-        out.skipped = not bool(torch.isfinite(total))
+        # every process must agree before backward (DDP's gradient averaging needs all of them)
+        out.skipped = not self.all_agree(bool(torch.isfinite(total)), "min")
         if not out.skipped:
             total.backward()
             grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
@@ -361,19 +430,24 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.run_dir.glob(".*.part"):  # temporary files of a write a killed process never finished
-            stale.unlink(missing_ok=True)
-        log = MetricsLog(self.run_dir, self.tensorboard)
+        if self.is_main:  # temporary files of a write a killed process never finished (only this process writes)
+            for stale in self.run_dir.glob(".*.part"):
+                stale.unlink(missing_ok=True)
+        log = MetricsLog(self.run_dir, self.tensorboard and self.is_main, enabled=self.is_main)
         if resume:
             last = self.run_dir / "last.pt"
             if not last.exists():
                 raise CheckpointError(f"--resume: {last} does not exist; start a new run without --resume")
             self.restore(last)
-            log.truncate_after(self.step)
+            if self.world > 1:  # every process restored rank 0's RNG: give each its own stream again
+                torch.manual_seed(rank_seed(t.seed, self.rank) + self.step)
+            if self.is_main:
+                log.truncate_after(self.step)
         config_text = json.dumps(self.cfg.to_dict(), indent=2)
-        atomic_write_bytes(self.run_dir / "config.json", lambda f: f.write(config_text.encode()))
+        if self.is_main:
+            atomic_write_bytes(self.run_dir / "config.json", lambda f: f.write(config_text.encode()))
 
-        bar = Progress(t.steps, t.minutes, enabled=self.progress)
+        bar = Progress(t.steps, t.minutes, enabled=self.progress and self.is_main)
         budget_s = 60 * t.minutes if t.minutes else float("inf")
         window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
         stats: dict[str, float] = {}
@@ -381,9 +455,9 @@ class Trainer:
         self.stop_requested = False
         previous_handler = self._catch_ctrl_c()
         try:
-            while self.step < t.steps and self.train_s < budget_s and not self.stop_requested:
+            while self.step < t.steps and self.train_s < budget_s and not self.all_agree(self.stop_requested):
                 t0 = time.perf_counter()
-                idx = self.next_batch()
+                idx = self.next_batch()[self.rank::self.world]  # this process's share of the global batch
                 x = as_float_batch(self.data.train_images[idx]).to(self.device, non_blocking=True)
                 out = self.train_step(x)
                 while self.events:
@@ -400,7 +474,7 @@ class Trainer:
                 window["acc"] += acc
                 window["n"] += 1
                 window["t"] += dt
-                window["imgs"] += x.size(0)
+                window["imgs"] += x.size(0) * self.world  # the global batch
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     stats.update(elbo=window["elbo"] / window["n"], train_acc=window["acc"] / window["n"],
                                  ips=window["imgs"] / max(window["t"], 1e-9))
@@ -410,7 +484,7 @@ class Trainer:
                                **{k: float(v) for k, v in out.terms.items()}})
                     window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
                     bar.update(self.step, self.train_s, stats)
-                if self.step % t.eval_every == 0:
+                if self.step % t.eval_every == 0 and self.is_main:
                     ev = self.evaluate(t.eval_size)
                     stats["eval_acc"] = ev["count_acc"]
                     log.write({"kind": "eval", "step": self.step, "train_seconds": round(self.train_s, 2),
@@ -433,6 +507,9 @@ class Trainer:
             print(f"interrupted at step {self.step}: saved {self.run_dir / 'last.pt'}; continue with --resume",
                   file=sys.stderr)
             return {"interrupted": True, "step": self.step, "run_dir": str(self.run_dir)}
+        if not self.is_main:  # the first process evaluates and writes the summary
+            log.close()
+            return {"rank": self.rank, "steps": self.step, "run_dir": str(self.run_dir)}
 
         final = self.evaluate()  # the whole held-out set
         if (final["count_acc"], final["elbo"]) >= (self.best["count_acc"], self.best["elbo"]) or \
@@ -444,6 +521,7 @@ class Trainer:
         log.close()
         summary = {"run_dir": str(self.run_dir), "steps": self.step, "train_minutes": round(self.train_s / 60, 2),
                    "images_per_s": round(self.step * t.batch_size / max(self.train_s, 1e-9), 1),
+                   "processes": self.world,
                    "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
                    "held_out_n": final["n"], "best": self.best, "device": str(self.device),
                    "precision": self.precision, "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
