@@ -208,3 +208,22 @@ def test_a_diverged_run_stops_with_a_clear_error(tiny_config, tmp_path):
     tr.model.loss = always_nan
     with pytest.raises(AIRError, match="diverged"):
         tr.fit()
+
+
+def test_fp16_with_loss_scaling_trains(tiny_config, tmp_path):
+    """fp16 autocast (for GPUs without bf16) with dynamic loss scaling; runs on the CPU too."""
+    tr = Trainer(tiny_run(tiny_config, steps=30, precision="fp16", eval_every=1000), tmp_path, data=tiny_data(),
+                 progress=False)
+    assert tr.scaler is not None
+    before = tr.evaluate()["elbo"]
+    summary = tr.fit()
+    assert summary["precision"] == "fp16" and torch.isfinite(params(tr.model)).all()
+    assert tr.evaluate()["elbo"] > before
+
+
+def test_unwritable_run_directory_is_a_clear_error(tiny_config, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the run directory should be")
+    with pytest.raises(CheckpointError, match="cannot create the run directory"):
+        Trainer(tiny_run(tiny_config), blocker / "run", data=tiny_data(), progress=False).fit()
+    assert blocker.read_text() == "a file where the run directory should be"

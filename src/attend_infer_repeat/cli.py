@@ -152,8 +152,9 @@ def _add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=t.seed, help="random seed of initialisation and training")
     g.add_argument("--device", default=t.device, help="auto, cpu, cuda or mps (auto picks a GPU when present)")
     g.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=t.precision,
-                   help="bf16 autocast for the matrix products; auto uses it where the CPU/GPU has native bf16")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=t.precision,
+                   help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
+                   "fp16 (with loss scaling) is for GPUs without bf16")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")

@@ -88,7 +88,8 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm of model+guide, None = off
     seed: int = 0
     # auto: bf16 autocast of the matrix products where the hardware does bf16 natively (CPUs with AVX-512 BF16
-    # or AMX, GPUs that support it; same accuracy, ~1.6x faster on such CPUs), else fp32
+    # or AMX, GPUs that support it; same accuracy, ~1.6x faster on such CPUs), else fp32. fp16 (for GPUs
+    # without bf16) adds dynamic loss scaling.
     precision: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
@@ -110,8 +111,8 @@ class TrainConfig:
         _check(self.minutes is None or self.minutes > 0, "minutes must be positive")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.lr > 0 and self.baseline_lr > 0, "learning rates must be positive")
-        _check(self.precision in ("auto", "fp32", "bf16"),
-               f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
+               f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         _check(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, got "
                f"{self.lr_schedule!r}")
         _check(0 <= self.lr_final_fraction <= 1, "lr_final_fraction must be between 0 and 1")

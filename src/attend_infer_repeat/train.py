@@ -250,6 +250,8 @@ class Trainer:
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = AIR(cfg.model).to(self.device)
         self.opt = make_optimizer(self.model, cfg)
+        # fp16 needs dynamic loss scaling so that small gradients do not underflow (bf16 and fp32 do not)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -329,8 +331,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- one step
     def autocast(self):
-        """bf16 autocast of the matrix products when asked for (the ELBO's sums stay in fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        """bf16/fp16 autocast of the matrix products when asked for (the ELBO's sums stay in fp32)."""
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16"))
 
     def budget_fraction(self) -> float:
         """How much of the budget (steps or minutes, whichever is nearer its end) is used."""
@@ -384,9 +387,13 @@ class Trainer:
         # every process must agree before backward (DDP's gradient averaging needs all of them)
         out.skipped = not self.all_agree(bool(torch.isfinite(total)), "min")
         if not out.skipped:
-            total.backward()
+            (self.scaler.scale(total) if self.scaler else total).backward()
+            if self.scaler:
+                self.scaler.unscale_(self.opt)
             grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
             out.skipped = not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum()))
+            if out.skipped and self.scaler:  # an fp16 overflow: lower the scale, as loss scaling does
+                self.scaler.update(self.scaler.get_scale() / 2)
         if out.skipped:  # a non-finite loss or gradient never reaches the weights: skip the update, count it
             self.opt.zero_grad(set_to_none=True)
             self.skipped_steps += 1
@@ -398,7 +405,11 @@ class Trainer:
             if self.cfg.train.grad_clip:
                 params = [p for g in self.opt.param_groups if g["name"] == "model" for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
-            self.opt.step()
+            if self.scaler:
+                self.scaler.step(self.opt)  # gradients are unscaled already; this also tracks overflows
+                self.scaler.update()
+            else:
+                self.opt.step()
         self.step += 1
         return out
 
@@ -429,7 +440,11 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}; choose "
+                                  "a writable folder with --run-dir") from e
         if self.is_main:  # temporary files of a write a killed process never finished (only this process writes)
             for stale in self.run_dir.glob(".*.part"):
                 stale.unlink(missing_ok=True)
