@@ -33,7 +33,7 @@ def run_training(cfg: RunConfig, run: Path, resume: bool) -> subprocess.Popen:
 
 
 def test_sigkill_at_a_random_moment_then_resume(tiny_config, tmp_path):
-    cfg = RunConfig(model=tiny_config, train=TrainConfig(steps=400, batch_size=16, eval_every=50, eval_size=64,
+    cfg = RunConfig(model=tiny_config, train=TrainConfig(steps=800, batch_size=16, eval_every=50, eval_size=64,
                                                          checkpoint_every=7, log_every=1, threads=1,
                                                          device="cpu"))
     run = tmp_path / "run"
@@ -49,14 +49,14 @@ def test_sigkill_at_a_random_moment_then_resume(tiny_config, tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     saved = load_checkpoint(run / "last.pt")  # never half-written
-    assert 0 < saved["step"] < 400
+    assert 0 < saved["step"] < 800
 
     proc = run_training(cfg, run, resume=True)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line parses: none torn
     steps = [r["step"] for r in rows if r["kind"] == "train"]
-    assert steps == list(range(1, 401)), "training records are missing or duplicated"
-    assert load_checkpoint(run / "last.pt")["step"] == 400
+    assert steps == list(range(1, 801)), "training records are missing or duplicated"
+    assert load_checkpoint(run / "last.pt")["step"] == 800
     assert not list(run.glob(".*.part")), "a stale temporary file was left behind"
     weights = load_checkpoint(run / "last.pt")["model"].values()
     assert torch.isfinite(torch.cat([v.flatten().float() for v in weights])).all()
