@@ -5,14 +5,26 @@ behind ``air eval`` and the report."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from .checkpoint import load_run  # noqa: F401  (part of this module's API: air eval, report)
 from .errors import InputError
-from .model import AIR
-from .objective import bernoulli_log_prob
+from .model import AIR, eval_mode
+from .objective import bernoulli_log_prob, previous_present
+from .scenes import real_box_rows
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Sample from a fixed seed inside the block and leave the caller's RNG state as it was: evaluation
+    numbers are repeatable, and how often one evaluates never changes a training run."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def as_float_batch(images: torch.Tensor) -> torch.Tensor:
@@ -27,11 +39,9 @@ def evaluate_counts(model: AIR, images, counts, batch_size: int = 1000, train_st
     """Count accuracy (deterministic inference) and mean single-sample ELBO per image on labelled scenes."""
     images = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
     counts = torch.as_tensor(np.asarray(counts)).long()
-    was_training = model.training
-    model.eval()
     dev = next(model.parameters()).device
     correct, elbo_sum, n = 0, 0.0, 0
-    try:
+    with eval_mode(model):
         for i in range(0, images.size(0), batch_size):
             x = as_float_batch(images[i:i + batch_size]).to(dev)
             q = model.guide(x, deterministic=True)
@@ -39,8 +49,6 @@ def evaluate_counts(model: AIR, images, counts, batch_size: int = 1000, train_st
             if with_elbo:
                 elbo_sum += float(model.loss(x, train_step, use_baseline=False).elbo.sum())
             n += x.size(0)
-    finally:
-        model.train(was_training)
     out = {"count_acc": correct / max(n, 1), "n": n}
     if with_elbo:
         out["elbo"] = elbo_sum / max(n, 1)
@@ -145,7 +153,7 @@ def match_boxes(pred, true) -> list[tuple[int, int, float]]:
 def _real_boxes(b) -> np.ndarray:
     """Drop padding rows (any negative or non-finite coordinate, the ``Scenes.boxes`` convention)."""
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return b[np.isfinite(b).all(1) & (b >= 0).all(1)]
+    return b[real_box_rows(b)]
 
 
 def localisation_metrics(pred_boxes, true_boxes, iou_threshold: float = 0.5) -> dict[str, float]:
@@ -204,7 +212,7 @@ def log_weights(model: AIR, x: torch.Tensor, train_step: int = 0) -> torch.Tenso
     q = model.guide(x, deterministic=False)
     canvas = q.canvas if model.config.dair else model.render(q.z_what, q.z_where, q.z_pres)[0]
     present = q.z_pres
-    alive = torch.cat([torch.ones_like(present[:, :1]), present[:, :-1]], 1)  # z_pres_{i-1}
+    alive = previous_present(present)  # z_pres_{i-1}
     prior_logit = torch.logit(model.prior(train_step).to(x))[None].expand_as(present)
     log_p_pres = (alive * bernoulli_log_prob(present, prior_logit)).sum(1)
     log_q_pres = (alive * bernoulli_log_prob(present, q.z_pres_logit)).sum(1)
@@ -230,11 +238,9 @@ def importance_log_px(model: AIR, images, k: int = 100, train_step: int = 0,
         raise InputError(f"k (importance samples) must be a positive integer, got {k!r}")
     x_all = as_float_batch(torch.as_tensor(images))
     dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
     per = max(1, max_rows // k)  # images per batch
-    try:
+    with eval_mode(model):
         for i in range(0, x_all.size(0), per):
             x = x_all[i:i + per].to(dev)
             b = x.size(0)
@@ -245,8 +251,6 @@ def importance_log_px(model: AIR, images, k: int = 100, train_step: int = 0,
                 xr = x.repeat_interleave(c, 0)
                 w[:, s:s + c] = log_weights(model, xr, train_step).view(b, c).to(w)
             out.append((torch.logsumexp(w.double(), 1) - math.log(k)).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -320,21 +324,13 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
     if isinstance(data, Scenes):  # also against the tight ink boxes: the windows AIR learns frame the ink
         out["localisation_ink"] = localisation_metrics([b.numpy() for b in result.boxes],
                                                        np.asarray(data.ink_boxes), iou_threshold)
-    devices = []
     dev = next(model.parameters()).device
-    if dev.type == "cuda":
-        devices = [dev.index or 0]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, dev):
         elbo = []
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for i in range(0, n, batch_size):
                 xb = x[i:i + batch_size].to(dev)
                 elbo.append(model.loss(xb, train_step, use_baseline=False).elbo.double().cpu())
-        finally:
-            model.train(was_training)
         elbo_t = torch.cat(elbo)
         out["elbo"] = float(elbo_t.mean())
         out["elbo_std"] = float(elbo_t.std()) if n > 1 else 0.0

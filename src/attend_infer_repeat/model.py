@@ -19,6 +19,7 @@ Read it in three parts, each in one place:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,22 @@ from .objective import (
     count_log_prior,
     kl_bernoulli,
     kl_normal,
+    previous_present,
     reverse_cumsum,
     score_function_surrogate,
     z_pres_prior_probs,
 )
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block with ``model`` in eval mode, then put it back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -247,7 +260,7 @@ class AIR(nn.Module):
         log_lik = self.log_likelihood(x, canvas)  # (B,)
 
         present = q.z_pres  # (B, N): z_pres_i
-        sampled = torch.cat([torch.ones_like(present[:, :1]), present[:, :-1]], 1)  # z_pres_{i-1}
+        sampled = previous_present(present)  # z_pres_{i-1}
         kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
         kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
         kl_pres = kl_bernoulli(q.z_pres_logit, self.prior(train_step)[None])
@@ -280,18 +293,14 @@ class AIR(nn.Module):
 
         cfg = self.config
         x_all = as_image_batch(images, cfg.image_size)
-        was_training = self.training
-        self.eval()
         dev = self.where_prior_loc.device
         parts = []
-        try:
+        with eval_mode(self):
             for i in range(0, x_all.size(0), batch_size):
                 x = x_all[i:i + batch_size].to(dev)
                 q = self.guide(x, deterministic=deterministic)
                 canvas, windows = self.render(q.z_what, q.z_where, q.z_pres)
                 parts.append((q, canvas, windows))
-        finally:
-            self.train(was_training)
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)
         if not parts:

@@ -70,6 +70,12 @@ def count_log_prior(cfg: ModelConfig, train_step: int = 0) -> torch.Tensor:
     return (log_continue + log_stop).float()
 
 
+def previous_present(z_pres: torch.Tensor) -> torch.Tensor:
+    """z_pres_{i-1} for every step i, with z_pres_0 = 1: where z_pres_i was really sampled (B, N). After the
+    first absent object every later z_pres is 0 with probability 1 and contributes no density or gradient."""
+    return torch.cat([torch.ones_like(z_pres[:, :1]), z_pres[:, :-1]], 1)
+
+
 def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
     """sum_{j >= i} x_j along the last dimension."""
     return x.flip(-1).cumsum(-1).flip(-1)

@@ -195,7 +195,7 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     model, cfg, step = load_run(checkpoint if checkpoint is not None else run)
-    torch.manual_seed(seed)
+    # every sampled number below is seeded locally (evaluate, the prior samples), so the report is repeatable
     scenes = data if data is not None and not isinstance(data, (str, os.PathLike, list, tuple)) else \
         load_eval_data(data, model, cfg, n_eval, invert)
     ev = evaluate(model, scenes, iw_samples=iw_samples, train_step=step, seed=seed)

@@ -68,6 +68,14 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+
+def real_box_rows(boxes) -> np.ndarray:
+    """Which rows of a (K, 4) box array are real boxes: padding rows (``Scenes.boxes`` pads with -1) have a
+    negative or non-finite coordinate."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.isfinite(b).all(axis=1) & (b >= 0).all(axis=1)
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """How a scene data set is drawn. The defaults are the paper's: 50x50 canvases, unscaled 28x28 digits,

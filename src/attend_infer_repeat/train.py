@@ -25,7 +25,7 @@ import torch.nn as nn
 from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .errors import AIRError, CheckpointError, InputError
-from .evaluate import as_float_batch, evaluate_counts
+from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import AIR
 
 
@@ -418,9 +418,7 @@ class Trainer:
         n = len(d.test_images) if n is None else min(n, len(d.test_images))
         # evaluation samples too (the ELBO): keep it off the training RNG so that how often one evaluates
         # never changes the training run, and a resumed run stays identical to an uninterrupted one
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.cfg.train.seed + 2)
+        with seeded(self.cfg.train.seed + 2, self.device):
             return evaluate_counts(self.model, d.test_images[:n], d.test_counts[:n], train_step=self.step)
 
     # ------------------------------------------------------------------------------------------- the loop

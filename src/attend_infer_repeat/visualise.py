@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
+from .scenes import real_box_rows
 
 #: One colour per box index (slot 0 red, slot 1 green, ...), repeating when there are more boxes.
 DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -53,8 +54,7 @@ def _valid_boxes(b) -> list[tuple[int, np.ndarray]]:
     """``(row index, box)`` for the boxes of one image, skipping padding rows (any negative or non-finite
     coordinate). The row index is kept so a box keeps its slot's colour even when earlier rows are padding."""
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4) if np.size(b) else np.zeros((0, 4))
-    keep = np.isfinite(b).all(axis=1) & (b >= 0).all(axis=1)
-    return [(int(j), b[j]) for j in np.flatnonzero(keep)]
+    return [(int(j), b[j]) for j in np.flatnonzero(real_box_rows(b))]
 
 
 def draw_scene_grid(
