@@ -227,3 +227,22 @@ def test_unwritable_run_directory_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(CheckpointError, match="cannot create the run directory"):
         Trainer(tiny_run(tiny_config), blocker / "run", data=tiny_data(), progress=False).fit()
     assert blocker.read_text() == "a file where the run directory should be"
+
+
+def test_a_skipped_step_still_counts_towards_the_training_clock(tiny_config, tmp_path):
+    """The --minutes budget is training time: a slow step that ends non-finite must count too."""
+    import time as _time
+
+    tr = Trainer(tiny_run(tiny_config, steps=4), tmp_path, data=tiny_data(), progress=False)
+    real_loss = tr.model.loss
+
+    def slow_nan(x, step=0, **kw):
+        out = real_loss(x, step, **kw)
+        if step == 1:
+            _time.sleep(0.3)
+            out.loss = out.loss * float("nan")
+        return out
+
+    tr.model.loss = slow_nan
+    tr.fit()
+    assert tr.skipped_steps == 1 and tr.train_s >= 0.3

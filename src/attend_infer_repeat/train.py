@@ -475,7 +475,8 @@ class Trainer:
                 out = self.train_step(x)
                 while self.events:
                     log.write(self.events.pop(0))
-                if out.skipped:
+                if out.skipped:  # its time still counts: the budget is wall-clock training time
+                    self.train_s += time.perf_counter() - t0
                     print(f"\nstep {self.step}: non-finite loss or gradient, update skipped "
                           f"({self.skipped_steps} so far)", file=sys.stderr)
                     continue
