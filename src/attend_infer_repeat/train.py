@@ -391,7 +391,7 @@ class Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.opt)
             grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-            out.skipped = not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum()))
+            out.skipped = not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
             if out.skipped and self.scaler:  # an fp16 overflow: lower the scale, as loss scaling does
                 self.scaler.update(self.scaler.get_scale() / 2)
         if out.skipped:  # a non-finite loss or gradient never reaches the weights: skip the update, count it
