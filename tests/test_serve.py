@@ -394,8 +394,16 @@ def test_page_in_headless_chromium(server, model, tmp_path):
             assert page.locator("#t-scene-stage .box").count() == 1
             page.screenshot(path=str(shots / "serve-transform.png"), full_page=True)
 
-            # --- Uploads: a broken file and a text file show their errors; a good image clears them
+            # --- A random held-out scene, decomposed like a drawing
             page.click("#tab-decompose")
+            page.click("#random-scene")
+            page.wait_for_function("document.getElementById('input-note').innerText.includes('true count')")
+            idle()
+            scene = page.evaluate("window.air.displayed")
+            assert scene["pixels"] != shown["pixels"]
+            assert page.inner_text("#count") == str(expected(model, scene["pixels"])["count"])
+
+            # --- Uploads: a broken file and a text file show their errors; a good image clears them
             page.set_input_files("#upload", files=[{"name": "broken.png", "mimeType": "image/png",
                                                     "buffer": b"\x89PNG\r\n\x1a\n this is not really a PNG"}])
             err = page.locator("#decompose-error")

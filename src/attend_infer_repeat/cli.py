@@ -443,6 +443,9 @@ def _run_serve(args) -> int:
         torch.set_num_threads(args.threads)
     server = serve(args.checkpoint, host=args.host, port=args.port, scenes=args.scenes, device=args.device)
     print(f"air serve: {server.url}  (Ctrl-C stops it)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"air serve: listening on {args.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then passes the signal on

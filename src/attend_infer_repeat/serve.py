@@ -233,10 +233,11 @@ class Service:
         seed = secrets.randbelow(2 ** 31) if seed is None else seed
         generator = torch.Generator().manual_seed(seed)
         with self._model_lock:
-            images, z_pres, boxes = self.model.sample_prior(n, num_objects=objects, generator=generator)
+            images, z_pres, boxes = (t.cpu() for t in self.model.sample_prior(n, num_objects=objects,
+                                                                              generator=generator))
         scenes = []
         for i in range(n):
-            present = np.flatnonzero(z_pres[i].cpu().numpy() > 0)
+            present = np.flatnonzero(z_pres[i].numpy() > 0)
             scenes.append({"pixels": _u8(images[i]), "count": len(present),
                            "boxes": [{"step": int(k) + 1, "box": _round(boxes[i, k], 3)} for k in present]})
         return {"seed": seed, "objects": objects, "scenes": scenes}
