@@ -443,3 +443,20 @@ def test_page_in_headless_chromium(server, model, tmp_path):
     for name in ("decompose", "transform", "upload-error", "generate"):
         with Image.open(shots / f"serve-{name}.png") as im:
             assert im.size[0] >= 1300 and np.asarray(im.convert("L")).std() > 10
+
+
+def test_scenes_from_a_file_and_a_file_of_the_wrong_size(model, tmp_path):
+    from attend_infer_repeat.scenes import SceneConfig, Scenes, generate_scenes
+    from attend_infer_repeat.serve import RequestError
+
+    digits = np.zeros((20, 28, 28), np.uint8)
+    digits[:, 8:20, 11:17] = 255
+    labels = np.arange(20) % 10
+    good = generate_scenes(digits, labels, 10, SceneConfig(), split="test").save(tmp_path / "good.npz")
+    r = Service(model, scenes=str(good)).scene(3)
+    assert r["source"] == str(good) and r["pixels"] == Scenes.load(good).images[r["index"]].ravel().tolist()
+    small = generate_scenes(digits, labels, 4, SceneConfig(canvas_size=40, digit_size=10), split="test")
+    bad = small.save(tmp_path / "small.npz")
+    with pytest.raises(RequestError, match="40x40") as e:
+        Service(model, scenes=str(bad)).scene(0)
+    assert e.value.status == 503
