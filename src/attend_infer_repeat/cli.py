@@ -412,6 +412,48 @@ def _run_report(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- air serve
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="a local web page to play with a model: draw and decompose, attention explorer, samples",
+        description="Start a local web app for a trained model and print its URL. Decompose: draw digits with the "
+        "mouse, upload an image or pick a random held-out scene, and see the count, each step's window, crop "
+        "and reconstruction. Transform explorer: scale/shift sliders, the window cropped and placed back by the "
+        "model's own spatial transformer. Generate: scenes sampled from the prior. Writes nothing to disk. "
+        "Ctrl-C stops it.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory (its best.pt) or a .pt file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to "
+                   "the network)")
+    p.add_argument("--port", type=_non_negative_int, default=8000,
+                   help="port to listen on; 0 picks a free one (default: 8000)")
+    p.add_argument("--scenes", default=None, metavar="SCENES.npz",
+                   help="scene file ('air data') for 'random test scene' (default: 500 scenes built in memory "
+                   "from the MNIST test digits, if MNIST is available without a download)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from .serve import serve
+
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    server = serve(args.checkpoint, host=args.host, port=args.port, scenes=args.scenes, device=args.device)
+    print(f"air serve: {server.url}  (Ctrl-C stops it)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"air serve: listening on {args.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then passes the signal on
+        pass
+    print("air serve: stopped", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -427,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_infer(sub)
     _add_report(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -22,12 +22,13 @@ the wrong rank, NaN) is a :class:`~attend_infer_repeat.errors.DataError` whose m
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, InputError
 
@@ -99,14 +100,38 @@ def _grey_from_array(a: np.ndarray, name: str) -> np.ndarray:
     return _to_unit_range(a, name)
 
 
-def read_image_file(path: str | os.PathLike) -> SourceImage:
-    """One image file (PNG, JPEG, ... anything Pillow reads) -> grey pixels in [0, 1]."""
+def read_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> SourceImage:
+    """One image file (PNG, JPEG, ... anything Pillow reads) -> grey pixels in [0, 1].
+    ``max_pixels``: refuse images with more pixels than this (checked before decoding)."""
     path = Path(path)
     name = str(path)
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{name}: the file is empty")
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            return _decode_image(f, name, max_pixels)
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the file ({type(e).__name__}: {e})") from e
+
+
+def read_image_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> SourceImage:
+    """The bytes of an image file (an upload) -> grey pixels in [0, 1]; nothing touches the disk.
+    ``name`` appears in error messages; ``max_pixels`` as in :func:`read_image_file`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"data must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DataError(f"{name}: the file is empty")
+    return _decode_image(io.BytesIO(data), name, max_pixels)
+
+
+def _decode_image(fp, name: str, max_pixels: int | None) -> SourceImage:
+    """Decode an open image file with Pillow (size checked first, then decoded in full)."""
+    try:
+        with Image.open(fp) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise DataError(f"{name}: the image is {w}x{h} ({w * h:,} pixels); the limit is {max_pixels:,} "
+                                "pixels: make it smaller first")
             im.load()  # decode now: a truncated file fails here, not later
             if im.mode == "P":
                 im = im.convert("RGBA")
@@ -119,7 +144,10 @@ def read_image_file(path: str | os.PathLike) -> SourceImage:
         raise
     except Image.DecompressionBombError as e:
         raise DataError(f"{name}: image too large to read safely ({e})") from e
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image (not in any format Pillow knows: PNG, JPEG, GIF, BMP, "
+                        "TIFF, WebP ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
     if im.mode.startswith("I;16") or arr.dtype == np.uint16:
         arr = arr.astype(np.uint16)

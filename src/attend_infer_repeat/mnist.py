@@ -303,12 +303,15 @@ def load_mnist(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the MNIST ``split`` ('train': 60k, 'test': 10k) as ``(images uint8 (N,28,28), labels int64 (N,))``.
 
     See the module docstring for the sources and their order. ``data_dir``: a directory of IDX files to use
     (errors in it are reported, not skipped). ``download``: whether the public mirrors may be tried as a last
     resort. ``cache_dir``: where the ``.npz`` cache and downloads live (default ``default_cache_dir()``).
+    ``write_cache=False`` reads the cache if it is there but never writes it (use with ``download=False`` for
+    a caller that must write nothing, such as ``air serve``).
     Raises ``DataError`` naming every source tried and why it failed when none works.
     """
     _check_split(split)
@@ -321,7 +324,8 @@ def load_mnist(
             images, labels = _load_idx_dir(directory, split)
         except DataError as e:
             raise DataError(f"cannot load MNIST {split} from --data-dir {directory}: {e}. {_FIX_HINT}") from e
-        _write_cache(npz, images, labels)
+        if write_cache:
+            _write_cache(npz, images, labels)
         return images, labels
 
     failures: list[str] = []
@@ -331,7 +335,7 @@ def load_mnist(
         except DataError as e:
             failures.append(f"{name}: {e}")
             continue
-        if name != "npz cache":
+        if name != "npz cache" and write_cache:
             _write_cache(npz, images, labels)
         log.log(logging.DEBUG if name == "npz cache" else logging.INFO, "MNIST %s: %d images from %s",
                 split, len(images), name)
