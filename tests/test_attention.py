@@ -71,31 +71,6 @@ def test_separable_place_equals_grid_sample_forward_and_backward():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
-def test_separable_crop_equals_grid_sample_forward_and_backward():
-    """crop() uses separable bilinear weights; it must equal affine_grid + grid_sample, values and gradients
-    with respect to both the image (DAIR's residual needs them) and z_where, windows partly off the image too."""
-    import torch.nn.functional as F
-
-    g = torch.Generator().manual_seed(1)
-    img = torch.rand(16, 1, 50, 50, generator=g)
-    zw = torch.stack([0.8 + 3 * torch.rand(16, generator=g), torch.rand(16, generator=g) * 2.4 - 1.2,
-                      torch.rand(16, generator=g) * 2.4 - 1.2], 1)
-    zw[0, 0] = -2.5  # a mirrored window
-    zw[1, 0] = 0.0  # floored zoom
-    i1, i2 = img.clone().requires_grad_(), img.clone().requires_grad_()
-    z1, z2 = zw.clone().requires_grad_(), zw.clone().requires_grad_()
-    grid = F.affine_grid(attention.crop_theta(z1), [16, 1, 28, 28], align_corners=False)
-    ref = F.grid_sample(i1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    new = attention.crop(i2, z2, 28)
-    assert new.shape == (16, 1, 28, 28)
-    assert torch.allclose(ref, new, atol=1e-5)
-    weights = torch.randn(ref.shape, generator=g)
-    g_ref = torch.autograd.grad((ref * weights).sum(), [i1, z1])
-    g_new = torch.autograd.grad((new * weights).sum(), [i2, z2])
-    for a, b in zip(g_ref, g_new):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
-
-
 def test_crop_then_place_round_trip_on_a_placed_digit():
     """A digit drawn on a 50x50 canvas, cropped with the window that frames it and drawn back with the
     inverse transform, reappears where it was."""
