@@ -450,7 +450,7 @@ def _add_experiment(sub) -> None:
     g = ex.add_parser("generalisation", help="AIR vs DAIR: count accuracy on digit counts never seen in training",
                       description="Train AIR and DAIR on scenes with 0, 1, 2 digits and test on 3 (extrapolation), "
                       "and on 0, 1, 3 and test on 2 (interpolation): 24 px digits on the 50x50 canvas (three 28 px "
-                      "digits do not fit with their ink apart), N = 4 steps. Full run: four trainings of 6000 steps.")
+                      "digits do not fit with their ink apart), N = 3 steps. Full run: four trainings of 6000 steps.")
     d = ex.add_parser("downstream",
                       help="sum / ascending order from AIR's latents vs a CNN on pixels, per label budget",
                       description="Train (or load with --model) an AIR model on the default multi-MNIST, then for each "
@@ -476,7 +476,7 @@ def _add_experiment(sub) -> None:
     g.add_argument("--settings", type=_names(tuple(SETTINGS)), default=tuple(SETTINGS),
                    help="which settings (default: extrapolation,interpolation)")
     g.add_argument("--models", type=_names(MODELS), default=MODELS, help="which models (default: air,dair)")
-    g.add_argument("--max-steps", type=_positive_int, default=4, metavar="N", help="N, AIR's most steps (default: 4)")
+    g.add_argument("--max-steps", type=_positive_int, default=3, metavar="N", help="N, AIR's most steps (default: 3)")
     g.add_argument("--digit-size", type=_positive_int, default=24, metavar="PX", help="digit size (default: 24)")
     g.add_argument("--eval-every", type=_positive_int, default=None,
                    help="learning curve: accuracy on the unseen count every this many steps (default: 500)")
