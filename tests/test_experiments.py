@@ -114,6 +114,7 @@ def test_downstream_config_validation(kwargs, message):
 def test_classifier_steps_grow_with_the_budget_within_bounds():
     c = ClassifierConfig(epochs=30, min_steps=300, max_steps=1000, batch_size=64)
     assert [c.steps(n) for n in (10, 1000, 10_000)] == [300, 469, 1000]
+    assert ClassifierConfig().steps(10_000) == 600  # the default cap
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -484,11 +484,11 @@ def _add_experiment(sub) -> None:
                    help="use this trained model (run directory or .pt) instead of training one")
     d.add_argument("--budgets", type=_budgets, default=None,
                    help="labelled scenes given to each classifier (default: 100,1000,10000)")
-    d.add_argument("--seeds", type=_positive_int, default=None, help="classifier seeds per budget (default: 3)")
+    d.add_argument("--seeds", type=_positive_int, default=None, help="classifier seeds per budget (default: 2)")
     d.add_argument("--tasks", type=_names(TASKS), default=TASKS, help="which tasks (default: sum,ascending)")
     d.add_argument("--classifier-steps", type=_positive_int, default=None, metavar="STEPS",
                    help="the most optimiser steps of each classifier (30 passes over the labels, at least 300 "
-                   "steps, at most this; default: 1000)")
+                   "steps, at most this; default: 600)")
 
 
 def _run_experiment(args) -> int:

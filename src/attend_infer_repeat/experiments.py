@@ -337,7 +337,7 @@ class ClassifierConfig:
     batch_size: int = 64
     epochs: int = 30
     min_steps: int = 300
-    max_steps: int = 1000
+    max_steps: int = 600
 
     def steps(self, n_labels: int) -> int:
         return int(min(self.max_steps, max(self.min_steps, math.ceil(self.epochs * n_labels / self.batch_size))))
@@ -373,7 +373,7 @@ class DownstreamConfig:
     seed: int = 0  # the AIR run's seed; classifier seeds are seed, seed + 1, ...
     threads: int | None = None
     budgets: tuple[int, ...] = (100, 1000, 10_000)
-    seeds: int = 3  # classifier seeds per budget (each draws its own labelled subset)
+    seeds: int = 2  # classifier seeds per budget (each draws its own labelled subset)
     tasks: tuple[str, ...] = TASKS
     n_test: int = 2000  # held-out scenes per task (MNIST test digits)
     n_train: int = 60_000  # AIR's (unlabelled) training scenes when it is trained here
