@@ -450,7 +450,7 @@ def _add_experiment(sub) -> None:
     g = ex.add_parser("generalisation", help="AIR vs DAIR: count accuracy on digit counts never seen in training",
                       description="Train AIR and DAIR on scenes with 0, 1, 2 digits and test on 3 (extrapolation), "
                       "and on 0, 1, 3 and test on 2 (interpolation): 24 px digits on the 50x50 canvas (three 28 px "
-                      "digits do not fit with their ink apart), N = 3 steps. Full run: four trainings of 6000 steps.")
+                      "digits do not fit with their ink apart), N = 3 steps. Full run: four trainings of 3000 steps.")
     d = ex.add_parser("downstream",
                       help="sum / ascending order from AIR's latents vs a CNN on pixels, per label budget",
                       description="Train (or load with --model) an AIR model on the default multi-MNIST, then for each "
@@ -464,7 +464,8 @@ def _add_experiment(sub) -> None:
                        help="a short look: " + ", ".join(f"--{k.replace('_', '-')} "
                                                           f"{','.join(map(str, v)) if isinstance(v, tuple) else v}"
                                                           for k, v in _QUICK[name].items()))
-        q.add_argument("--steps", type=_positive_int, default=None, help="AIR training steps per run (default: 6000)")
+        q.add_argument("--steps", type=_positive_int, default=None, help="AIR training steps per run (default: "
+                       + ("3000)" if name == "generalisation" else "6000, the default air train)"))
         q.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
         q.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
         q.add_argument("--n-train", type=_positive_int, default=None,
