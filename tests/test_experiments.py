@@ -163,9 +163,17 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     table = (tmp_path / "generalisation.md").read_text()
     assert table.count("| extrapolation |") == 2 and "about 80%" in table
     # a second call reuses the finished runs (same numbers, the recorded learning curve kept)
-    again = generalisation(cfg, tmp_path, progress=False)
+    again = generalisation(GeneralisationConfig(**{**cfg.__dict__, "threads": 2}), tmp_path, progress=False)
     r0, r1 = out["results"]["extrapolation"]["dair"], again["results"]["extrapolation"]["dair"]
     assert r1["reused_run"] and r1["curve"] == r0["curve"] and r1["unseen_count_acc"] == r0["unseen_count_acc"]
+    # another configuration is trained anew, not confused with the finished run
+    other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "settings": ("interpolation",),
+                                                   "models": ("air",)}), tmp_path, progress=False)
+    assert not other["results"]["interpolation"]["air"]["reused_run"]
+    assert other["results"]["interpolation"]["air"]["curve"][-1][0] == 3
+    metrics = (tmp_path / "generalisation_runs" / "interpolation-air" / "metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(line)["step"] for line in metrics) == 3  # the old run's metrics did not stay behind
+    assert [json.loads(line)["step"] for line in metrics if json.loads(line)["kind"] == "eval"] == [1, 2, 3]
 
 
 @needs_mnist

@@ -72,11 +72,12 @@ def _write_text(path: Path, text: str) -> None:
 # Training (shared): a run directory reused when it already holds a finished run with the same configuration
 # ============================================================================================================
 def _finished(run_dir: Path, cfg: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``cfg`` (the thread count, which changes no result, aside)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        return (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file() and \
-            RunConfig.from_dict(saved) == cfg
-    except (OSError, ValueError, InputError, TypeError):
+        saved = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        saved.train.threads = cfg.train.threads
+        return (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file() and saved == cfg
+    except (OSError, ValueError, InputError, TypeError, AttributeError):
         return False
 
 
@@ -96,6 +97,10 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, progress: bool, extra_eval=No
                 extra_eval(self.model, self.step)
             return out
 
+    # a run of another configuration in the way is replaced (its checkpoints are overwritten by the new run;
+    # its metrics would otherwise be appended to)
+    for stale in ("metrics.jsonl", "summary.json", "unseen_count_curve.json"):
+        (run_dir / stale).unlink(missing_ok=True)
     trainer = _Trainer(cfg, run_dir, progress=progress, tensorboard=False)
     summary = trainer.fit()
     if summary.get("interrupted"):
