@@ -39,7 +39,9 @@ def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray
     inside = (px >= 0) & (px < s) & (py >= 0) & (py < s)
     half = s / 2
     circle = (px - half) ** 2 + (py - half) ** 2 <= half ** 2
-    triangle = np.abs(px - half) <= py / 2  # half-width grows from 0 at the top to size/2 at the bottom
+    # half-width grows linearly down the frame, from half a pixel in the top row to size/2 in the bottom one,
+    # so the triangle touches all four sides of its frame
+    triangle = np.abs(px - half) <= (py + 0.5) / 2
     k = kind[:, None, None]
     return inside & np.where(k == 0, True, np.where(k == 1, triangle, circle))
 

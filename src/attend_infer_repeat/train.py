@@ -128,7 +128,8 @@ def load_data(cfg: RunConfig) -> Data:
 class Progress:
     """A one-line progress bar on a terminal (plain periodic lines otherwise, e.g. in CI logs)."""
 
-    def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=sys.stderr):
+    def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=None):
+        stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
         self.total, self.minutes, self.enabled, self.stream = total_steps, minutes, enabled, stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.last_line = 0.0
