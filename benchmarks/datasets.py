@@ -9,7 +9,10 @@ benchmarks/results/datasets.json, and a picture of held-out scenes with the wind
 reconstructions in docs/DATASET.png.
 
 usage: python benchmarks/datasets.py [--datasets fashion,sprites] [--steps 6000] [--seed 0] [--threads 1]
-                                     [--out FILE] [-- extra air train options]
+                                     [--out FILE] [--tag SUFFIX] [-- extra air train options]
+The README's numbers: `python benchmarks/datasets.py` (the two default runs) and
+`python benchmarks/datasets.py --datasets fashion --tag _zoom3 -- --scale-prior-mean 3` (multi-MNIST's zoom
+prior on Multi-Fashion-MNIST, for comparison).
 A quick look: --steps 500 (about 1 minute per data set; the numbers are then far from the default run's).
 """
 from __future__ import annotations
@@ -54,7 +57,8 @@ def picture(run_dir: Path, out: Path, n: int = 12) -> Path:
 
 
 def run(name: str, a, extra: list[str]) -> dict:
-    run_dir = Path(a.runs) / name
+    key = name + a.tag
+    run_dir = Path(a.runs) / key
     t0 = time.time()
     proc = air("train", "--dataset", name, "--seed", str(a.seed), "--threads", str(a.threads), "--run-dir",
                str(run_dir), "--steps", str(a.steps), "--no-progress", *extra)
@@ -64,7 +68,7 @@ def run(name: str, a, extra: list[str]) -> dict:
     air("eval", str(run_dir / "last.pt"), "--iw-samples", "0", "--json", str(run_dir / "eval.json"))
     ev = json.loads((run_dir / "eval.json").read_text())
     cfg = json.loads((run_dir / "config.json").read_text())
-    fig = picture(run_dir, ROOT / "docs" / f"{name}.png")
+    fig = picture(run_dir, (ROOT / "docs" if not a.tag else run_dir) / f"{key}.png")
     return {
         "dataset": name,
         "command": f"air train --dataset {name} --seed {a.seed} --threads {a.threads} --steps {a.steps}"
@@ -99,6 +103,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: leaves a core free)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "datasets"), help="where the run directories go")
     p.add_argument("--out", default=str(HERE / "results" / "datasets.json"))
+    p.add_argument("--tag", default="", help="a variant's suffix for its run directory and its key in the JSON "
+                   "(e.g. --tag _s3 -- --scale-prior-mean 3); its picture stays in the run directory")
     a = p.parse_args(argv)
     out = Path(a.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -106,7 +112,7 @@ def main() -> None:
     for name in a.datasets.split(","):
         print(f"training on {name} ({a.steps} steps, {a.threads} thread(s)) ...", file=sys.stderr, flush=True)
         r = run(name, a, extra)
-        results["runs"][name] = r
+        results["runs"][name + a.tag] = r
         results["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                               "python": platform.python_version()}
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -242,6 +242,7 @@ def test_air_train_on_sprites_and_fashion(tmp_path, capsys):
     assert summary["steps"] == 2 and summary["held_out_n"] == 8 and 0 <= summary["held_out_count_acc"] <= 1
     cfg = RunConfig.from_dict(load_checkpoint(run / "last.pt")["config"])
     assert (cfg.train.dataset, cfg.train.digit_size, cfg.train.max_digit_size) == ("sprites", 10, 20)
+    assert cfg.model.dair  # sprites' default: Difference AIR (plain AIR stacks its steps on one shape there)
     assert "procedural sprites" in (run / "report" / "index.html").read_text()
 
     run = tmp_path / "fashion"
@@ -251,9 +252,19 @@ def test_air_train_on_sprites_and_fashion(tmp_path, capsys):
     cfg = RunConfig.from_dict(load_checkpoint(run / "best.pt")["config"])
     # the zoom prior is matched to the 20 px items: windows of 50 / 2.5 = 20 px
     assert (cfg.train.dataset, cfg.train.digit_size, cfg.model.scale_prior_mean) == ("fashion", 20, 2.5)
+    assert not cfg.model.dair
     # air eval on the run's own held-out scenes: Fashion-MNIST test items
     assert main(["eval", str(run), "--iw-samples", "0", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 8
+
+
+def test_dataset_defaults_give_way_to_explicit_options(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "sprites", "--no-dair", "--scale-prior-mean", "3.5", "--digit-size", "12",
+                 "--steps", "1", "--n-train", "16", "--n-test", "4", "--run-dir", str(run), *TINY]) == 0
+    cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert not cfg.model.dair and cfg.model.scale_prior_mean == 3.5
+    assert (cfg.train.digit_size, cfg.train.max_digit_size) == (12, None)
 
 
 def test_old_configs_without_the_new_fields_still_load():

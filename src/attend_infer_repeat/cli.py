@@ -209,7 +209,9 @@ def _add_train(sub) -> None:
     g.add_argument("--data-dir", default=t.data_dir,
                    help="a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
     g = p.add_argument_group("model")
-    g.add_argument("--dair", action="store_true", help="Difference AIR: each step sees image minus canvas so far")
+    g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
+                   help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
+                   "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
     g.add_argument("--baseline-image", choices=("own", "shared"), default=m.baseline_image,
                    help="NVIL baseline: its own projection of the image, or the guide's (detached; faster)")
     g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
@@ -256,7 +258,9 @@ def _run_train(args) -> int:
     scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
         DATASET_DEFAULTS[dataset]["scale_prior_mean"]
     model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
-                        window_size=args.window_size, dair=args.dair, baseline_image=args.baseline_image,
+                        window_size=args.window_size,
+                        dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
+                        baseline_image=args.baseline_image,
                         likelihood=args.likelihood,
                         likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
                         z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
