@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def picture(run_dir: Path, out: Path, n: int = 12) -> Path:
 def run(name: str, a, extra: list[str]) -> dict:
     key = name + a.tag
     run_dir = Path(a.runs) / key
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: air train would append to an old metrics.jsonl
     t0 = time.time()
     proc = air("train", "--dataset", name, "--seed", str(a.seed), "--threads", str(a.threads), "--run-dir",
                str(run_dir), "--steps", str(a.steps), "--no-progress", *extra)

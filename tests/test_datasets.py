@@ -376,3 +376,17 @@ def test_torch_state_is_untouched_by_reading_user_data(tmp_path):
     again = split_user_data(a, 0.1, seed=0, batch_size=8)
     np.testing.assert_array_equal(again[1], test)
     assert torch.equal(torch.get_rng_state(), state) and (np.random.get_state()[1] == np_state).all()
+
+
+def test_windows_past_the_image_edge_are_still_drawn(tmp_path, tiny_config):
+    """AIR's windows may reach past the left/top edge (sprites at the border): they are clipped, not hidden."""
+    from attend_infer_repeat.visualise import DEFAULT_COLOURS, draw_inference
+
+    model = AIR(tiny_config)
+    result = model.infer(torch.zeros(1, 1, 20, 20))
+    result.z_pres[:] = 0
+    result.z_pres[0, 0] = 1
+    result.step_boxes[0, 0] = torch.tensor([-3.0, 2.0, 10.0, 12.0])
+    picture = np.asarray(Image.open(draw_inference(torch.zeros(1, 1, 20, 20), result, tmp_path / "p.png"))
+                         .convert("RGB"))
+    assert (picture == np.array(DEFAULT_COLOURS[0], np.uint8)).all(-1).sum() > 20
