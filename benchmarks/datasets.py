@@ -13,7 +13,8 @@ usage: python benchmarks/datasets.py [--datasets fashion,sprites] [--steps 6000]
 The README's numbers: `python benchmarks/datasets.py` (the two default runs) and
 `python benchmarks/datasets.py --datasets fashion --tag _zoom3 -- --scale-prior-mean 3` (multi-MNIST's zoom
 prior on Multi-Fashion-MNIST, for comparison).
-A quick look: --steps 500 (about 1 minute per data set; the numbers are then far from the default run's).
+A quick look: --steps 500 (the numbers are then far from the default run's; written to
+benchmarks/results/tmp_datasets_steps500.json, pictures in the run directories).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def picture(run_dir: Path, out: Path, n: int = 12) -> Path:
 
 def run(name: str, a, extra: list[str]) -> dict:
     key = name + a.tag
-    run_dir = Path(a.runs) / key
+    run_dir = Path(a.runs) / (key if a.steps == 6000 else f"{key}-steps{a.steps}")  # a quick look keeps its own
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: air train would append to an old metrics.jsonl
     t0 = time.time()
     proc = air("train", "--dataset", name, "--seed", str(a.seed), "--threads", str(a.threads), "--run-dir",
@@ -70,7 +71,7 @@ def run(name: str, a, extra: list[str]) -> dict:
     air("eval", str(run_dir / "last.pt"), "--iw-samples", "0", "--json", str(run_dir / "eval.json"))
     ev = json.loads((run_dir / "eval.json").read_text())
     cfg = json.loads((run_dir / "config.json").read_text())
-    fig = picture(run_dir, (ROOT / "docs" if not a.tag else run_dir) / f"{key}.png")
+    fig = picture(run_dir, (ROOT / "docs" if a.for_readme else run_dir) / f"{key}.png")
     return {
         "dataset": name,
         "command": f"air train --dataset {name} --seed {a.seed} --threads {a.threads} --steps {a.steps}"
@@ -104,11 +105,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: leaves a core free)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "datasets"), help="where the run directories go")
-    p.add_argument("--out", default=str(HERE / "results" / "datasets.json"))
+    p.add_argument("--out", default=None, help="the JSON to update (default: results/datasets.json for the "
+                   "default 6000 steps, results/tmp_datasets_stepsN.json, not committed, for other budgets)")
     p.add_argument("--tag", default="", help="a variant's suffix for its run directory and its key in the JSON "
                    "(e.g. --tag _s3 -- --scale-prior-mean 3); its picture stays in the run directory")
     a = p.parse_args(argv)
-    out = Path(a.out)
+    # only the default budget's untagged runs make the README's pictures; a quick look leaves them alone
+    a.for_readme = a.steps == 6000 and not a.tag
+    out = Path(a.out) if a.out else HERE / "results" / (
+        "datasets.json" if a.steps == 6000 else f"tmp_datasets_steps{a.steps}.json")
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.setdefault("runs", {})
     for name in a.datasets.split(","):
