@@ -152,12 +152,14 @@ def _add_train(sub) -> None:
 
     m, t = ModelConfig(), TrainConfig()
     p = sub.add_parser(
-        "train", help="train AIR on multi-MNIST (or continue a run with --resume)",
+        "train", help="train AIR on multi-MNIST, Multi-Fashion-MNIST, sprites or your own images (or continue a "
+        "run with --resume)",
         description="Train Attend, Infer, Repeat. With no options it trains the paper's model on the built-in "
         "multi-MNIST (50x50 scenes with 0-2 digits, generated from real MNIST on first use and cached), "
         "evaluates held-out count accuracy on scenes built from MNIST test digits, and writes a run "
         "directory with config.json, metrics.jsonl, last.pt, best.pt and summary.json. Ctrl-C saves "
-        "last.pt before exiting; --resume continues exactly where the run stopped.",
+        "last.pt before exiting; --resume continues exactly where the run stopped. --dataset fashion or sprites "
+        "trains on the other generated scene data sets, --data PATH on your own images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="where to write the run (default: runs/air-DATE-TIME)")
