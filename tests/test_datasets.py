@@ -250,8 +250,8 @@ def test_air_train_on_sprites_and_fashion(tmp_path, capsys):
     assert main(["train", "--dataset", "fashion", "--data-dir", str(d), "--steps", "2", "--n-train", "32",
                  "--n-test", "8", "--run-dir", str(run), *TINY]) == 0
     cfg = RunConfig.from_dict(load_checkpoint(run / "best.pt")["config"])
-    # the zoom prior is matched to the 20 px items: windows of 50 / 2.5 = 20 px
-    assert (cfg.train.dataset, cfg.train.digit_size, cfg.model.scale_prior_mean) == ("fashion", 20, 2.5)
+    # 20 px items, about the ink of a 28 px digit: the zoom prior stays at 3 (17 px windows)
+    assert (cfg.train.dataset, cfg.train.digit_size, cfg.model.scale_prior_mean) == ("fashion", 20, 3.0)
     assert not cfg.model.dair
     # air eval on the run's own held-out scenes: Fashion-MNIST test items
     assert main(["eval", str(run), "--iw-samples", "0", "--json", str(tmp_path / "e.json")]) == 0

@@ -21,13 +21,15 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 DATASETS = ("mnist", "fashion", "sprites", "files")
 #: Per generated data set, the defaults that differ from multi-MNIST's: the object size (Fashion-MNIST items
 #: fill their 28x28 frame, so two of them rarely fit side by side on 50x50 at full size: at 20 px 42% of random
-#: placements keep their ink apart, as many as for 22 px digits; sprites vary from 10 to 20 px) and the zoom
-#: prior's mean (the window is 50/s px: s = 2.5 frames a 20 px item); and, for sprites, Difference AIR: the plain
+#: placements keep their ink apart, as many as for 22 px digits; sprites vary from 10 to 20 px); the zoom prior's
+#: mean (the window is 50/s px) stays 3, a 17 px window, as for digits: 20 px items have about the ink of 28 px
+#: digits, and s = 3 framed them better than s = 2.5, a window the size of their frame (held-out box recall 0.93
+#: vs 0.90, mean IoU 0.83 vs 0.76, count accuracy 99.5% vs 99.4%, seed 0); and, for sprites, Difference AIR: the plain
 #: model stacks all its steps on the same flat shape there (35% held-out count accuracy, seed 0), DAIR does not
 #: (benchmarks/results/datasets.json).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
-    "fashion": {"digit_size": 20, "max_digit_size": None, "scale_prior_mean": 2.5, "dair": False},
+    "fashion": {"digit_size": 20, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
     "sprites": {"digit_size": 10, "max_digit_size": 20, "scale_prior_mean": 3.0, "dair": True},
     "files": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
 }
