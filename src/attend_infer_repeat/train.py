@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -101,31 +102,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @dataclass
 class Data:
-    """Training and held-out scenes as in-memory tensors (uint8 images, int64 counts)."""
+    """Training and held-out scenes as in-memory tensors (uint8 images, int64 counts; counts are None for
+    unlabelled images, which train the same way but have no count accuracy)."""
 
     train_images: torch.Tensor
-    train_counts: torch.Tensor
+    train_counts: torch.Tensor | None
     test_images: torch.Tensor
-    test_counts: torch.Tensor
+    test_counts: torch.Tensor | None
 
 
 def load_data(cfg: RunConfig) -> Data:
-    """The built-in multi-MNIST: generated from real MNIST on first use and cached (see scenes.py)."""
-    from .scenes import SceneConfig, load_or_make_scenes
+    """The run's data set (``cfg.train.dataset``, see datasets.py): generated scenes (multi-MNIST by default,
+    built from real MNIST on first use and cached), or the user's own images with a held-out part."""
+    from .datasets import run_data
 
-    t = cfg.train
-    sc = dict(canvas_size=cfg.model.image_size, digit_size=t.digit_size, max_digit_size=t.max_digit_size,
-              counts=t.counts)
-    train = load_or_make_scenes("train", t.n_train, SceneConfig(**sc, seed=t.data_seed), data_dir=t.data_dir)
-    test = load_or_make_scenes("test", t.n_test, SceneConfig(**sc, seed=t.data_seed + 1), data_dir=t.data_dir)
-    return Data(torch.from_numpy(train.images), torch.from_numpy(train.counts).long(),
-                torch.from_numpy(test.images), torch.from_numpy(test.counts).long())
+    def tensors(part):
+        if hasattr(part, "counts"):
+            return torch.from_numpy(part.images), torch.from_numpy(part.counts).long()
+        return torch.from_numpy(np.ascontiguousarray(part)), None
+
+    train, test = run_data(cfg)
+    return Data(*tensors(train), *tensors(test))
 
 
 class Progress:
     """A one-line progress bar on a terminal (plain periodic lines otherwise, e.g. in CI logs)."""
 
-    def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=sys.stderr):
+    def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=None):
+        stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
         self.total, self.minutes, self.enabled, self.stream = total_steps, minutes, enabled, stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.last_line = 0.0
@@ -140,8 +144,9 @@ class Progress:
         left = train_s * (1 - frac) / frac if frac > 0 else float("nan")
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
         acc = stats.get("eval_acc")
+        train_acc = stats.get("train_acc", float("nan"))
         line = (f"[{bar}] step {step}/{self.total}  elbo {stats.get('elbo', float('nan')):8.1f}  "
-                f"count acc {stats.get('train_acc', float('nan')):.3f} (held-out "
+                f"count acc {'-' if math.isnan(train_acc) else f'{train_acc:.3f}'} (held-out "
                 f"{'-' if acc is None else f'{acc:.3f}'})  {stats.get('ips', 0):6.0f} img/s  "
                 f"left {_fmt_time(left)}")
         if self.tty:
@@ -259,6 +264,12 @@ class Trainer:
             self.ddp = DistributedDataParallel(_LossModule(self.model))
             torch.manual_seed(rank_seed(t.seed, self.rank))  # each process samples its own latents
         self.data = data if data is not None else load_data(cfg)
+        if self.is_main and data is None and t.dataset == "files":
+            d = self.data
+            print(f"air train: {len(d.train_images)} of your images to train on, {len(d.test_images)} held out"
+                  + (" (scene file: counts known, held-out count accuracy reported)" if d.test_counts is not None
+                     else "; they have no counts, so the held-out evaluation reports the ELBO only, no count "
+                     "accuracy"), file=sys.stderr)
         self.order_gen = torch.Generator().manual_seed(t.seed + 1)
         self.perm = torch.randperm(len(self.data.train_images), generator=self.order_gen)
         self.pos = 0
@@ -418,8 +429,9 @@ class Trainer:
         n = len(d.test_images) if n is None else min(n, len(d.test_images))
         # evaluation samples too (the ELBO): keep it off the training RNG so that how often one evaluates
         # never changes the training run, and a resumed run stays identical to an uninterrupted one
+        counts = d.test_counts[:n] if d.test_counts is not None else None
         with seeded(self.cfg.train.seed + 2, self.device):
-            return evaluate_counts(self.model, d.test_images[:n], d.test_counts[:n], train_step=self.step)
+            return evaluate_counts(self.model, d.test_images[:n], counts, train_step=self.step)
 
     # ------------------------------------------------------------------------------------------- the loop
     def _catch_ctrl_c(self):
@@ -481,7 +493,8 @@ class Trainer:
                           f"({self.skipped_steps} so far)", file=sys.stderr)
                     continue
                 elbo = float(out.elbo.mean())
-                acc = float((out.counts.cpu() == self.data.train_counts[idx]).float().mean())
+                acc = float((out.counts.cpu() == self.data.train_counts[idx]).float().mean()) \
+                    if self.data.train_counts is not None else float("nan")
                 dt = time.perf_counter() - t0
                 self.train_s += dt
                 window["elbo"] += elbo
@@ -493,7 +506,8 @@ class Trainer:
                     stats.update(elbo=window["elbo"] / window["n"], train_acc=window["acc"] / window["n"],
                                  ips=window["imgs"] / max(window["t"], 1e-9))
                     log.write({"kind": "train", "step": self.step, "train_seconds": round(self.train_s, 2),
-                               "elbo": stats["elbo"], "count_acc": stats["train_acc"],
+                               "elbo": stats["elbo"],
+                               "count_acc": None if math.isnan(stats["train_acc"]) else stats["train_acc"],
                                "images_per_s": stats["ips"], "skipped_steps": self.skipped_steps,
                                **{k: float(v) for k, v in out.terms.items()}})
                     window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
@@ -503,7 +517,7 @@ class Trainer:
                     stats["eval_acc"] = ev["count_acc"]
                     log.write({"kind": "eval", "step": self.step, "train_seconds": round(self.train_s, 2),
                                "count_acc": ev["count_acc"], "elbo": ev["elbo"], "n": ev["n"]})
-                    if (ev["count_acc"], ev["elbo"]) > (self.best["count_acc"], self.best["elbo"]):
+                    if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
                 if self.step % t.checkpoint_every == 0:
@@ -526,7 +540,7 @@ class Trainer:
             return {"rank": self.rank, "steps": self.step, "run_dir": str(self.run_dir)}
 
         final = self.evaluate()  # the whole held-out set
-        if (final["count_acc"], final["elbo"]) >= (self.best["count_acc"], self.best["elbo"]) or \
+        if _rank_key(final) >= _rank_key(self.best) or \
                 not (self.run_dir / "best.pt").exists():
             self.best = {"count_acc": final["count_acc"], "elbo": final["elbo"], "step": self.step}
             self.save("best.pt")
@@ -543,6 +557,12 @@ class Trainer:
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
         return summary
+
+
+def _rank_key(ev: dict) -> tuple[float, float]:
+    """What "best" means: held-out count accuracy, then ELBO (the ELBO alone where images have no counts)."""
+    acc = ev["count_acc"]
+    return (-1.0 if acc is None else acc, ev["elbo"])
 
 
 def peak_rss_gib() -> float:

@@ -172,7 +172,9 @@ def draw_inference(images, result, path: str | os.PathLike, true_counts: Sequenc
     :class:`~attend_infer_repeat.model.InferenceResult` for ``images``."""
     grey = _as_grey_uint8(images)
     recon = _as_grey_uint8(np.clip(result.reconstruction.numpy(), 0, 1))
-    boxes = result.step_boxes.numpy().copy()
+    # windows may reach past the image's edge: clip them to it, else one with a negative corner would be
+    # taken for padding and not drawn at all
+    boxes = result.step_boxes.numpy().clip(0, grey.shape[-1])
     boxes[~result.z_pres.numpy().astype(bool)] = -1  # absent steps: no window
     n = grey.shape[0]
     counts = result.counts.tolist()

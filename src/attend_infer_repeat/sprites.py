@@ -1,0 +1,111 @@
+"""Procedural sprites: grey canvases with a few simple shapes (squares, triangles, circles) of random size,
+position and brightness, drawn on the fly with their ground truth, in the same :class:`~.scenes.Scenes` format as
+multi-MNIST (so ``air train``, ``air eval`` and the report work on them unchanged).
+
+Each shape fills a ``size x size`` frame: a square fills it; a circle is the disc inscribed in it; a triangle
+has its base on the frame's bottom edge and its apex at the middle of the top edge. A pixel belongs to a shape
+when its centre lies inside (no antialiasing, so the ink box is exact). Every shape gets its own intensity,
+drawn uniformly from ``INTENSITY`` (as uint8 0..255); where shapes overlap (only with ``allow_overlap``) the
+brighter one wins. By default shapes do not overlap: their frames are disjoint.
+
+Per shape slot the scene records the frame (``boxes``), the tight box of its pixels (``ink_boxes``) and its
+class (``labels``: 0 square, 1 triangle, 2 circle). Sizes are drawn uniformly from ``config.sizes``
+(``digit_size``..``max_digit_size``), counts uniformly from ``config.counts``. Generation is vectorised over
+scenes (Python loops only over slots and chunks of scenes) and deterministic for ``(config.seed, split)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+#: The shape classes, by label.
+SHAPES = ("square", "triangle", "circle")
+#: Range of a shape's brightness (fraction of white), drawn uniformly per shape.
+INTENSITY = (0.4, 1.0)
+#: Scenes rasterised at once (bounds the memory of the (chunk, canvas, canvas) masks).
+CHUNK = 2048
+#: Rounds of redrawing the positions of scenes whose shapes overlap before giving up.
+MAX_ROUNDS = 1000
+
+
+def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray, canvas: int) -> np.ndarray:
+    """(B, canvas, canvas) bool masks of B shapes: ``kind`` (B,) in 0..2, frame top-left ``(x, y)`` and side
+    ``size`` (B,) in pixels. A pixel is inside when its centre is."""
+    c = np.arange(canvas, dtype=np.float32) + 0.5  # pixel centres
+    px = c[None, None, :] - x[:, None, None].astype(np.float32)  # (B,1,W): centre relative to the frame
+    py = c[None, :, None] - y[:, None, None].astype(np.float32)  # (B,H,1)
+    s = size[:, None, None].astype(np.float32)
+    inside = (px >= 0) & (px < s) & (py >= 0) & (py < s)
+    half = s / 2
+    circle = (px - half) ** 2 + (py - half) ** 2 <= half ** 2
+    # half-width grows linearly down the frame, from half a pixel in the top row to size/2 in the bottom one,
+    # so the triangle touches all four sides of its frame
+    triangle = np.abs(px - half) <= (py + 0.5) / 2
+    k = kind[:, None, None]
+    return inside & np.where(k == 0, True, np.where(k == 1, triangle, circle))
+
+
+def _frames_overlap(pos: np.ndarray, sizes: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(B,) whether any two active frames of a scene intersect (touching edges do not)."""
+    lo, hi = pos, pos + sizes[..., None]
+    bad = np.zeros(len(pos), bool)
+    k = pos.shape[1]
+    for j in range(k):
+        for m in range(j + 1, k):
+            bad |= (active[:, j] & active[:, m] & (lo[:, j, 0] < hi[:, m, 0]) & (lo[:, m, 0] < hi[:, j, 0])
+                    & (lo[:, j, 1] < hi[:, m, 1]) & (lo[:, m, 1] < hi[:, j, 1]))
+    return bad
+
+
+def generate_sprites(n: int, config, split: str = "train"):
+    """``n`` sprite scenes drawn with ``config`` (a :class:`~.scenes.SceneConfig`; its ``digit_size`` ..
+    ``max_digit_size`` are the shape sizes) as a :class:`~.scenes.Scenes`."""
+    from .scenes import SceneConfig, Scenes, _split_key
+
+    if not isinstance(config, SceneConfig):
+        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
+    n, k, canvas = int(n), config.max_count, config.canvas_size
+    rng = np.random.default_rng([config.seed, _split_key(split), 2])
+    counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
+    active = np.arange(k)[None, :] < counts[:, None]
+    kind = rng.integers(0, len(SHAPES), size=(n, k))
+    sizes = rng.integers(config.sizes.start, config.sizes.stop, size=(n, k))
+    level = np.rint(255 * rng.uniform(*INTENSITY, size=(n, k))).astype(np.uint8)
+
+    def positions(s: np.ndarray) -> np.ndarray:
+        high = canvas - s + 1
+        return np.stack([rng.integers(0, high), rng.integers(0, high)], axis=-1)
+
+    pos = positions(sizes)
+    if not config.allow_overlap and k >= 2:
+        todo = np.flatnonzero(counts >= 2)
+        for _ in range(MAX_ROUNDS):
+            todo = todo[_frames_overlap(pos[todo], sizes[todo], active[todo])]
+            if len(todo) == 0:
+                break
+            pos[todo] = positions(sizes[todo])
+        else:
+            raise InputError(f"{len(todo)} of {n} sprite scenes could not be placed without overlapping shapes "
+                             f"in {MAX_ROUNDS} rounds; use smaller shapes, fewer of them or allow_overlap=True")
+
+    images = np.zeros((n, canvas, canvas), np.uint8)
+    ink = np.full((n, k, 4), -1, np.int64)
+    for start in range(0, n, CHUNK):
+        rows = np.arange(start, min(start + CHUNK, n))
+        for j in range(k):
+            on = rows[active[rows, j]]
+            if len(on) == 0:
+                continue
+            m = shape_masks(kind[on, j], pos[on, j, 0], pos[on, j, 1], sizes[on, j], canvas)
+            images[on] = np.maximum(images[on], np.where(m, level[on, j, None, None], np.uint8(0)))
+            cols, lines = m.any(1), m.any(2)  # (B, W) ink in column x / (B, H) ink in row y
+            ink[on, j] = np.stack([cols.argmax(1), lines.argmax(1), canvas - cols[:, ::-1].argmax(1),
+                                   canvas - lines[:, ::-1].argmax(1)], 1)
+    frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).astype(np.float32)
+    pad = ~active[..., None]
+    return Scenes(images=images, counts=counts.astype(np.int64), boxes=np.where(pad, np.float32(-1), frames),
+                  ink_boxes=np.where(pad, np.float32(-1), ink.astype(np.float32)),
+                  labels=np.where(active, kind, -1).astype(np.int64), config=config, split=split)
