@@ -85,7 +85,8 @@ def test_gradients_reach_every_parameter_group(tiny_config):
 
 
 @pytest.mark.parametrize("options", [{"baseline_image": "own"}, {"baseline_image": "shared"},
-                                     {"baseline_image": "shared", "dair": True}, {"baseline_image": "own", "dair": True}])
+                                     {"baseline_image": "shared", "dair": True},
+                                     {"baseline_image": "own", "dair": True}])
 def test_baseline_trains_only_on_its_own_loss_and_is_used_by_the_guide(tiny_config, options):
     model = AIR(ModelConfig(**{**tiny_config.__dict__, **options}))
     if options.get("baseline_image") == "shared":  # it reads the guide's image projection, has none of its own
