@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_seed(seed: int, run_root: Path, threads: int, extra: list[str]) -> dict:
     run_dir = run_root / f"seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # each benchmark run starts afresh (air train refuses old runs)
     cmd = [sys.executable, "-m", "attend_infer_repeat.cli", "train", "--seed", str(seed), "--run-dir", str(run_dir),
            "--threads", str(threads), "--no-progress", *extra]
     t0 = time.time()

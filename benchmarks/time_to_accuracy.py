@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ TARGETS = (0.95, 0.98, 0.99)
 
 def run_seed(seed: int, run_root: Path, eval_every: int, eval_size: int, extra: list[str]) -> dict:
     run_dir = run_root / f"seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # each benchmark run starts afresh (air train refuses old runs)
     cmd = [sys.executable, "-m", "attend_infer_repeat.cli", "train", "--seed", str(seed), "--run-dir", str(run_dir),
            "--eval-every", str(eval_every), "--eval-size", str(eval_size), "--no-progress", *extra]
     t0 = time.time()

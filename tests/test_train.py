@@ -246,3 +246,19 @@ def test_a_skipped_step_still_counts_towards_the_training_clock(tiny_config, tmp
     tr.model.loss = slow_nan
     tr.fit()
     assert tr.skipped_steps == 1 and tr.train_s >= 0.3
+
+
+def test_a_new_run_refuses_a_folder_that_holds_a_run(tiny_config, tmp_path):
+    """Starting afresh in a run directory would mix two runs' curves in metrics.jsonl and overwrite the first
+    run's checkpoints: it is refused with a message that says what to do, and nothing is touched."""
+    from attend_infer_repeat import InputError
+
+    cfg = tiny_run(tiny_config, steps=2)
+    Trainer(cfg, tmp_path, data=tiny_data(), progress=False, tensorboard=False).fit()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="already holds a run.*--resume"):
+        Trainer(cfg, tmp_path, data=tiny_data(), progress=False, tensorboard=False).fit()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an existing but empty folder is fine
+    Trainer(cfg, empty, data=tiny_data(), progress=False, tensorboard=False).fit()

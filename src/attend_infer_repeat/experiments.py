@@ -97,9 +97,9 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, progress: bool, extra_eval=No
                 extra_eval(self.model, self.step)
             return out
 
-    # a run of another configuration in the way is replaced (its checkpoints are overwritten by the new run;
-    # its metrics would otherwise be appended to)
-    for stale in ("metrics.jsonl", "summary.json", "unseen_count_curve.json"):
+    # a run of another configuration (or an unfinished one) in the way is replaced: the experiment owns its
+    # run folders, and the trainer refuses to start afresh over a run's files
+    for stale in ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "unseen_count_curve.json"):
         (run_dir / stale).unlink(missing_ok=True)
     trainer = _Trainer(cfg, run_dir, progress=progress, tensorboard=False)
     summary = trainer.fit()

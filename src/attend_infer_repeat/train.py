@@ -455,6 +455,10 @@ class Trainer:
         except OSError as e:
             raise CheckpointError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}; choose "
                                   "a writable folder with --run-dir") from e
+        existing = [n for n in ("last.pt", "metrics.jsonl") if (self.run_dir / n).exists()]
+        if existing and not resume:  # never mix two runs' curves or overwrite a run's checkpoints
+            raise InputError(f"{self.run_dir} already holds a run ({', '.join(existing)}): continue it with "
+                             "--resume, or start a new run in another --run-dir (or delete that folder first)")
         if self.is_main:  # temporary files of a write a killed process never finished (only this process writes)
             for stale in self.run_dir.glob(".*.part"):
                 stale.unlink(missing_ok=True)
