@@ -126,7 +126,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     """A PNG line chart (Pillow only): ``series`` maps a legend label to (xs, ys). Dashed ``hlines`` mark
     targets (e.g. 0.95 and 0.98 accuracy)."""
     w, h = size
-    left, right, top, bottom = 64, 16, 34, 48
+    left, right, top, bottom = 64, 16, 44, 48
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
@@ -143,10 +143,10 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     for i in range(6):
         yv = y0 + i * (y1 - y0) / 5
         d.line([left - 4, py(yv), left, py(yv)], fill=(80, 80, 80))
-        d.text((4, py(yv) - 6), f"{yv:.3g}", fill=(0, 0, 0), font=font)
+        d.text((4, py(yv) - 6), _tick(yv), fill=(0, 0, 0), font=font)
         xv = x0 + i * (x1 - x0) / 5
         d.line([px(xv), h - bottom, px(xv), h - bottom + 4], fill=(80, 80, 80))
-        d.text((px(xv) - 10, h - bottom + 8), f"{xv:.3g}", fill=(0, 0, 0), font=font)
+        d.text((px(xv) - 10, h - bottom + 8), _tick(xv), fill=(0, 0, 0), font=font)
     for yv in hlines:
         for xa in range(left, w - right, 10):
             d.line([xa, py(yv), min(xa + 5, w - right), py(yv)], fill=(150, 150, 150))
@@ -155,14 +155,47 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
         pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
         if len(pts) > 1:
             d.line(pts, fill=colour, width=2)
-        d.text((left + 8, top + 6 + 14 * k), label, fill=colour, font=font)
-    d.text((left, 10), title, fill=(0, 0, 0), font=font)
+        elif pts:
+            d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
+    # the legend: a white box with a coloured swatch and black text per series (light colours stay readable)
+    if series:
+        text_w = max(d.textlength(label, font=font) for label in series)
+        bw, bh = text_w + 34, 6 + 14 * len(series)
+        corners = [(w - right - 6 - bw, top + 6), (w - right - 6 - bw, h - bottom - 6 - bh), (left + 6, top + 6),
+                   (left + 6, h - bottom - 6 - bh)]
+
+        def covered(corner) -> int:  # how much of the curves a legend there would hide
+            cx, cy = corner
+            n = 0
+            for xs, ys in series.values():
+                pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
+                for (ax, ay), (bx, by) in zip(pts, pts[1:] or pts):
+                    for t in range(21):
+                        qx, qy = ax + (bx - ax) * t / 20, ay + (by - ay) * t / 20
+                        n += cx <= qx <= cx + bw and cy <= qy <= cy + bh
+            return n
+
+        cx, cy = min(corners, key=covered)  # the first corner among the least covered
+        box = [cx, cy, cx + bw, cy + bh]
+        d.rectangle(box, fill="white", outline=(160, 160, 160))
+        for k, label in enumerate(series):
+            yk = cy + 4 + 14 * k
+            d.line([box[0] + 6, yk + 6, box[0] + 24, yk + 6], fill=DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)], width=3)
+            d.text((box[0] + 30, yk), label, fill=(0, 0, 0), font=font)
+    d.text((left, 6), title, fill=(0, 0, 0), font=font)
     d.text(((w - len(xlabel) * 6) // 2, h - 18), xlabel, fill=(0, 0, 0), font=font)
     d.text((4, top - 16), ylabel, fill=(0, 0, 0), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def _tick(v: float) -> str:
+    """An axis label: whole numbers in full (2,500 rather than 2.5e+03), others to 3 significant digits."""
+    if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)):
+        return f"{int(round(v)):,}"
+    return f"{v:.3g}"
 
 
 def draw_inference(images, result, path: str | os.PathLike, true_counts: Sequence[int] | None = None,
