@@ -288,16 +288,18 @@ def png_folder(directory: Path, n: int) -> Path:
     return directory
 
 
-def test_air_train_on_a_folder_of_images(tmp_path, capsys):
+def test_air_train_on_a_folder_of_images(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(png_folder(tmp_path / "imgs", 20)), "--steps", "2", "--run-dir",
-                 str(run), *TINY]) == 0
+    png_folder(tmp_path / "imgs", 20)
+    monkeypatch.chdir(tmp_path)  # a relative --data is saved as an absolute path: eval/report/resume work anywhere
+    assert main(["train", "--data", "imgs", "--steps", "2", "--run-dir", str(run), *TINY]) == 0
+    monkeypatch.chdir(run)
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["held_out_count_acc"] is None and summary["held_out_n"] == 2  # 10% of 20
     assert "no counts" in captured.err and "ELBO only" in captured.err
     cfg = RunConfig.from_dict(load_checkpoint(run / "last.pt")["config"])
-    assert cfg.train.dataset == "files" and cfg.train.data_path.endswith("imgs")
+    assert cfg.train.dataset == "files" and cfg.train.data_path == str(tmp_path / "imgs")
     # the run's held-out images are what air eval scores by default
     assert main(["eval", str(run), "--iw-samples", "0", "--json", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())

@@ -460,3 +460,16 @@ def test_scenes_from_a_file_and_a_file_of_the_wrong_size(model, tmp_path):
     with pytest.raises(RequestError, match="40x40") as e:
         Service(model, scenes=str(bad)).scene(0)
     assert e.value.status == 503
+
+
+def test_random_scenes_are_like_the_runs_own_data(model):
+    """A model trained on sprites is shown sprite scenes (with the run's sizes), not multi-MNIST; without a run
+    configuration the bank is multi-MNIST as before."""
+    from attend_infer_repeat.config import RunConfig, TrainConfig
+
+    cfg = RunConfig(model=model.config, train=TrainConfig(dataset="sprites", counts=(1, 2)))
+    r = Service(model, run_config=cfg).scene(5)
+    assert "sprite" in r["source"]
+    assert 1 <= r["true_count"] <= 2 and len(r["true_boxes"]) == r["true_count"]
+    r = Service(model).scene(5)
+    assert "MNIST test digits" in r["source"]

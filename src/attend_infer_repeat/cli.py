@@ -285,7 +285,8 @@ def _run_train(args) -> int:
                                 log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
                                 digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
                                 data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
-                                data_path=args.data, holdout=args.holdout)
+                                data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
+                                holdout=args.holdout)
         cfg = RunConfig(model=model, train=train_cfg)
     if os.environ.get("RANK", "0") == "0":
         from .datasets import describe

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig, RunConfig, TrainConfig
+from .config import ModelConfig, RunConfig, TrainConfig, _check
 from .errors import InputError
 from .files import atomic_write
 
@@ -52,11 +52,6 @@ SETTINGS = {"extrapolation": ((0, 1, 2), 3), "interpolation": ((0, 1, 3), 2)}
 PAPER_GENERALISATION = {"extrapolation": {"air": 0.0, "dair": 0.80}, "interpolation": {"air": 0.60, "dair": 0.95}}
 MODELS = ("air", "dair")
 TASKS = ("sum", "ascending")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -19,6 +19,7 @@ answer for that request only; the server keeps serving. Nothing is written to di
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -101,11 +102,12 @@ class Service:
     validates its input (``RequestError`` for the client's mistakes) and holds the model lock while it runs
     the model."""
 
-    def __init__(self, model, name: str = "model", scenes: str | None = None):
+    def __init__(self, model, name: str = "model", scenes: str | None = None, run_config=None):
         self.model = model.eval()
         self.config = model.config
         self.name = name
         self.scenes_path = scenes
+        self.run_config = run_config  # the run's RunConfig: random test scenes like the ones it was trained on
         self._model_lock = threading.Lock()
         self._scene_lock = threading.Lock()
         self._scenes: SceneBank | None = None
@@ -205,11 +207,25 @@ class Service:
                 raise DataError(f"{self.scenes_path}: scenes are {s.images.shape[1]}x{s.images.shape[2]}, the model "
                                 f"works on {size}x{size}")
             return SceneBank(s.images, s.counts, s.boxes, str(self.scenes_path))
-        from .mnist import load_mnist
+        from .mnist import load_items
 
-        digits, labels = load_mnist("test", download=False, write_cache=False)  # reads only, writes nothing
-        s = generate_scenes(digits, labels, N_SCENES, SceneConfig(canvas_size=size, seed=0), split="test")
-        return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} scenes built from MNIST test digits")
+        rc = self.run_config
+        if rc is not None and rc.train.dataset != "files":  # scenes like the run's held-out ones
+            from .datasets import scene_config
+
+            config = dataclasses.replace(scene_config(rc, "test"), seed=0)
+        else:  # no run configuration, or a run on the user's own (uncounted) images: multi-MNIST
+            config = SceneConfig(canvas_size=size, seed=0)
+        if config.dataset == "sprites":
+            from .sprites import generate_sprites
+
+            s = generate_sprites(N_SCENES, config, split="test")
+            return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} sprite scenes")
+        title = "Fashion-MNIST test items" if config.dataset == "fashion" else "MNIST test digits"
+        # reads only, writes nothing
+        items, labels = load_items(config.dataset, "test", download=False, write_cache=False)
+        s = generate_scenes(items, labels, N_SCENES, config, split="test")
+        return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} scenes built from {title}")
 
     # ------------------------------------------------------------------------------------------ transform
     def transform(self, x: torch.Tensor, scale: float, shift_x: float, shift_y: float) -> dict:
@@ -427,8 +443,8 @@ class Server:
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, scenes: str | None = None,
           device: str = "cpu") -> Server:
     """Load ``checkpoint`` (a run directory or .pt file) and return a :class:`Server` bound to host:port."""
-    from .checkpoint import load_model, resolve_checkpoint
+    from .checkpoint import load_run, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
-    model = load_model(path, device=device)
-    return Server(Service(model, name=str(path), scenes=scenes), bind(host, port))
+    model, run_config, _ = load_run(path, device=device)
+    return Server(Service(model, name=str(path), scenes=scenes, run_config=run_config), bind(host, port))
