@@ -74,7 +74,7 @@ def _add_data(sub) -> None:
                    "(default: 28 for mnist, 20 for fashion, 10 for sprites)")
     p.add_argument("--max-digit-size", type=_positive_int, default=None, metavar="PX",
                    help="if given, each digit's side is drawn uniformly from [--digit-size, --max-digit-size] "
-                   "(default: none; 20 for sprites)")
+                   "(default: none; 20 for sprites when --digit-size is not given either)")
     p.add_argument("--counts", type=_counts, default=(0, 1, 2), metavar="LIST",
                    help="comma-separated possible numbers of digits per scene, drawn uniformly (default: 0,1,2)")
     p.add_argument("--allow-overlap", action="store_true",
@@ -105,13 +105,9 @@ def _run_data(args) -> int:
     from .scenes import SceneConfig, make_scenes
     from .visualise import draw_scene_grid
 
-    from .config import DATASET_DEFAULTS
+    from .config import object_sizes
 
-    size, max_size = args.digit_size, args.max_digit_size
-    if size is None:
-        size = DATASET_DEFAULTS[args.dataset]["digit_size"]
-        if max_size is None:
-            max_size = DATASET_DEFAULTS[args.dataset]["max_digit_size"]
+    size, max_size = object_sizes(args.dataset, args.digit_size, args.max_digit_size)
     config = SceneConfig(canvas_size=args.canvas_size, digit_size=size, max_digit_size=max_size,
                          counts=args.counts, allow_overlap=args.allow_overlap, seed=args.seed,
                          dataset=args.dataset)
@@ -205,7 +201,7 @@ def _add_train(sub) -> None:
                    "sprites)")
     g.add_argument("--max-digit-size", type=int, default=None,
                    help="if set, object sizes vary uniformly between --digit-size and this (default: 20 for "
-                   "sprites, else none)")
+                   "sprites when --digit-size is not given either, else none)")
     g.add_argument("--counts", default=",".join(map(str, t.counts)), help="allowed digit counts, e.g. 0,1,2")
     g.add_argument("--data-seed", type=int, default=t.data_seed, help="seed of the generated scenes")
     g.add_argument("--data-dir", default=t.data_dir,

@@ -26,7 +26,8 @@ DATASETS = ("mnist", "fashion", "sprites", "files")
 #: digits, and s = 3 framed them better than s = 2.5, a window the size of their frame (held-out box recall 0.93
 #: vs 0.90, mean IoU 0.83 vs 0.76, count accuracy 99.5% vs 99.4%, seed 0); and, for sprites, Difference AIR: the plain
 #: model stacks all its steps on the same flat shape there (35% held-out count accuracy, seed 0), DAIR does not
-#: (benchmarks/results/datasets.json).
+#: (benchmarks/results/datasets.json). The sizes are resolved by TrainConfig itself; the model entries
+#: (scale_prior_mean, dair) by ``air train``, since a ModelConfig built in Python is taken as given.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
     "fashion": {"digit_size": 20, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
@@ -34,6 +35,16 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "files": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
 }
 Z_PRES_PRIORS = ("bernoulli", "geometric")
+
+
+def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[int, int | None]:
+    """The object size (or size range) of ``dataset``'s scenes: the data set's default range when no size is
+    given; a size given alone means that one size (unless a maximum is given too)."""
+    if size is None:
+        size = DATASET_DEFAULTS[dataset]["digit_size"]
+        if max_size is None:
+            max_size = DATASET_DEFAULTS[dataset]["max_digit_size"]
+    return size, max_size
 
 
 @dataclass
@@ -131,10 +142,8 @@ class TrainConfig:
         _check((self.dataset == "files") == (self.data_path is not None),
                "data_path (--data) is needed for, and only for, dataset 'files'")
         _check(0 < self.holdout < 1, f"holdout must lie strictly between 0 and 1, got {self.holdout!r}")
-        if self.digit_size is None:  # resolved here, so a saved config always holds the sizes it used
-            self.digit_size = DATASET_DEFAULTS[self.dataset]["digit_size"]
-            if self.max_digit_size is None:
-                self.max_digit_size = DATASET_DEFAULTS[self.dataset]["max_digit_size"]
+        # resolved here, so a saved config always holds the sizes it used
+        self.digit_size, self.max_digit_size = object_sizes(self.dataset, self.digit_size, self.max_digit_size)
         self.counts = tuple(int(c) for c in self.counts)
         _check(self.steps >= 1, "steps must be at least 1")
         _check(self.minutes is None or self.minutes > 0, "minutes must be positive")
