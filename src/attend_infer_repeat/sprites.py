@@ -46,22 +46,10 @@ def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray
     return inside & np.where(k == 0, True, np.where(k == 1, triangle, circle))
 
 
-def _frames_overlap(pos: np.ndarray, sizes: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """(B,) whether any two active frames of a scene intersect (touching edges do not)."""
-    lo, hi = pos, pos + sizes[..., None]
-    bad = np.zeros(len(pos), bool)
-    k = pos.shape[1]
-    for j in range(k):
-        for m in range(j + 1, k):
-            bad |= (active[:, j] & active[:, m] & (lo[:, j, 0] < hi[:, m, 0]) & (lo[:, m, 0] < hi[:, j, 0])
-                    & (lo[:, j, 1] < hi[:, m, 1]) & (lo[:, m, 1] < hi[:, j, 1]))
-    return bad
-
-
 def generate_sprites(n: int, config, split: str = "train"):
     """``n`` sprite scenes drawn with ``config`` (a :class:`~.scenes.SceneConfig`; its ``digit_size`` ..
     ``max_digit_size`` are the shape sizes) as a :class:`~.scenes.Scenes`."""
-    from .scenes import SceneConfig, Scenes, _split_key
+    from .scenes import SceneConfig, Scenes, _draw_positions, _ink_rel, _overlapping, _split_key
 
     if not isinstance(config, SceneConfig):
         raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
@@ -75,18 +63,15 @@ def generate_sprites(n: int, config, split: str = "train"):
     sizes = rng.integers(config.sizes.start, config.sizes.stop, size=(n, k))
     level = np.rint(255 * rng.uniform(*INTENSITY, size=(n, k))).astype(np.uint8)
 
-    def positions(s: np.ndarray) -> np.ndarray:
-        high = canvas - s + 1
-        return np.stack([rng.integers(0, high), rng.integers(0, high)], axis=-1)
-
-    pos = positions(sizes)
+    pos = _draw_positions(rng, sizes, canvas)
     if not config.allow_overlap and k >= 2:
         todo = np.flatnonzero(counts >= 2)
         for _ in range(MAX_ROUNDS):
-            todo = todo[_frames_overlap(pos[todo], sizes[todo], active[todo])]
+            frames = np.concatenate([pos[todo], pos[todo] + sizes[todo, :, None]], axis=-1)
+            todo = todo[_overlapping(frames, active[todo])]
             if len(todo) == 0:
                 break
-            pos[todo] = positions(sizes[todo])
+            pos[todo] = _draw_positions(rng, sizes[todo], canvas)
         else:
             raise InputError(f"{len(todo)} of {n} sprite scenes could not be placed without overlapping shapes "
                              f"in {MAX_ROUNDS} rounds; use smaller shapes, fewer of them or allow_overlap=True")
@@ -101,9 +86,7 @@ def generate_sprites(n: int, config, split: str = "train"):
                 continue
             m = shape_masks(kind[on, j], pos[on, j, 0], pos[on, j, 1], sizes[on, j], canvas)
             images[on] = np.maximum(images[on], np.where(m, level[on, j, None, None], np.uint8(0)))
-            cols, lines = m.any(1), m.any(2)  # (B, W) ink in column x / (B, H) ink in row y
-            ink[on, j] = np.stack([cols.argmax(1), lines.argmax(1), canvas - cols[:, ::-1].argmax(1),
-                                   canvas - lines[:, ::-1].argmax(1)], 1)
+            ink[on, j] = _ink_rel(m)  # the tight box of the shape's pixels on the canvas
     frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).astype(np.float32)
     pad = ~active[..., None]
     return Scenes(images=images, counts=counts.astype(np.int64), boxes=np.where(pad, np.float32(-1), frames),
