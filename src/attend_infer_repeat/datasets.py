@@ -59,10 +59,7 @@ def read_user_images(path: str | Path, size: int, invert: str = "auto") -> Scene
 
 
 def _take(data, idx: np.ndarray):
-    if isinstance(data, Scenes):
-        return Scenes(images=data.images[idx], counts=data.counts[idx], boxes=data.boxes[idx],
-                      ink_boxes=data.ink_boxes[idx], labels=data.labels[idx], config=data.config, split=data.split)
-    return data[idx]
+    return data.take(idx) if isinstance(data, Scenes) else data[idx]
 
 
 def split_user_data(data, holdout: float, seed: int, batch_size: int):

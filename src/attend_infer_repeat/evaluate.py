@@ -395,13 +395,7 @@ def format_table(result: dict) -> str:
 # ------------------------------------------------------------------------------------------------------------
 def take_scenes(scenes, n: int | None):
     """The first ``n`` scenes of a Scenes (all when ``n`` is None or larger)."""
-    from .scenes import Scenes
-
-    if n is None or n >= len(scenes):
-        return scenes
-    return Scenes(images=scenes.images[:n], counts=scenes.counts[:n], boxes=scenes.boxes[:n],
-                  ink_boxes=scenes.ink_boxes[:n], labels=scenes.labels[:n], config=scenes.config,
-                  split=scenes.split)
+    return scenes if n is None or n >= len(scenes) else scenes.take(slice(0, n))
 
 
 def run_test_scenes(cfg, n: int | None = None):
@@ -420,21 +414,15 @@ def load_eval_data(spec, model: AIR, cfg, n: int | None = None, invert: str = "a
     as ``air infer`` prepares them (see :mod:`attend_infer_repeat.images`). Returns a Scenes or a float array."""
     from pathlib import Path
 
-    from .errors import DataError
+    from .datasets import is_scene_file
     from .images import prepare, read_inputs
-    from .scenes import NPZ_KEYS, Scenes
+    from .scenes import Scenes
 
     if spec is None:
         return run_test_scenes(cfg, n)
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    if len(specs) == 1 and Path(specs[0]).suffix == ".npz" and Path(specs[0]).is_file():
-        try:
-            with np.load(specs[0], allow_pickle=False) as z:
-                is_scenes = all(k in z.files for k in NPZ_KEYS)
-        except Exception as e:
-            raise DataError(f"{specs[0]}: not a readable .npz ({type(e).__name__}: {e})") from e
-        if is_scenes:
-            return take_scenes(Scenes.load(specs[0]), n)
+    if len(specs) == 1 and is_scene_file(specs[0]):
+        return take_scenes(Scenes.load(specs[0]), n)
     images = read_inputs(specs)[:n]
     size = model.config.image_size
     return np.stack([prepare(s.pixels, size, invert).image for s in images])

@@ -259,6 +259,12 @@ class Scenes:
         images = self.images if index is None else self.images[index]
         return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0).unsqueeze(1)
 
+    def take(self, index: slice | np.ndarray) -> "Scenes":
+        """The scenes at ``index`` (a slice or an index array), with their counts, boxes and labels."""
+        return Scenes(images=self.images[index], counts=self.counts[index], boxes=self.boxes[index],
+                      ink_boxes=self.ink_boxes[index], labels=self.labels[index], config=self.config,
+                      split=self.split)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.npz`` (compressed; keys ``NPZ_KEYS``, the config as a JSON string) atomically to exactly
         ``path``; returns the path."""
