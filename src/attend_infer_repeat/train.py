@@ -53,17 +53,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device_type: str) -> tuple[int, int]:
-    """(world size, rank). Under ``torchrun`` (WORLD_SIZE > 1) joins the process group: NCCL on GPUs, Gloo on
-    CPUs. A plain ``air train`` is a world of one and touches nothing."""
+def init_distributed(device_type: str) -> tuple[int, int, bool]:
+    """(world size, rank, whether this call joined the process group). Under ``torchrun`` (WORLD_SIZE > 1)
+    joins the process group: NCCL on GPUs, Gloo on CPUs. A plain ``air train`` is a world of one and touches
+    nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 1, 0
+        return 1, 0, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return dist.get_world_size(), dist.get_rank()
+    return dist.get_world_size(), dist.get_rank(), joined
 
 
 class _LossModule(nn.Module):
@@ -241,7 +243,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = pick_device(t.device)
-        self.world, self.rank = init_distributed(self.device.type)
+        self.world, self.rank, self._joined_group = init_distributed(self.device.type)
         self.is_main = self.rank == 0  # only the first process writes metrics, checkpoints and the report
         if self.world > 1:
             if t.batch_size % self.world:
@@ -308,6 +310,21 @@ class Trainer:
         if self.is_main:
             save_checkpoint(path, self.state())
         return path
+
+    def leave_group(self) -> None:
+        """The end of a distributed run: release DDP (its reducer holds the process group) and leave the group
+        this trainer joined, while the interpreter is fully alive. Left to interpreter exit, Gloo's threads
+        can outlive their owner and abort the process ("terminate called without an active exception")."""
+        if self.ddp is None:
+            return
+        import gc
+        import torch.distributed as dist
+
+        self.ddp = None
+        gc.collect()  # the reducer sits in reference cycles: free it now, not at exit
+        if self._joined_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._joined_group = False
 
     def all_agree(self, flag: bool, op: str = "max") -> bool:
         """Combine a yes/no across processes (max: anyone says yes; min: everyone says yes)."""
@@ -534,6 +551,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
         interrupted = interrupted or self.stop_requested
         self.save("last.pt")
+        self.leave_group()  # no collective follows: the first process evaluates alone
         if interrupted:
             log.close()
             print(f"interrupted at step {self.step}: saved {self.run_dir / 'last.pt'}; continue with --resume",
