@@ -6,11 +6,16 @@ model's FLOPs per training image (torch's FlopCounterMode over one forward+backw
 are the arithmetic that matters here), the achieved GFLOP/s, and a measured fp32 (and bf16) matrix-multiply
 peak of the same machine with the same threads, so the ratio to the limit is visible.
 
+With ``--baseline-images own,pooled,shared`` it also compares the NVIL baseline's image inputs (see
+``ModelConfig.baseline_image``) at batch 64: one trainer per setting, timed in interleaved blocks of 10 steps
+so that the machine's drift affects all of them alike; the median block is reported.
+
 With ``--anchor PATH/run_pyro.py`` (the Pyro AIR example, see shared/anchors) it also measures the anchor's
 images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days.
 
 usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
-                                       [--threads 2] [--anchor /path/run_pyro.py] [--out FILE]
+                                       [--threads 2] [--baseline-images own,pooled,shared]
+                                       [--anchor /path/run_pyro.py] [--out FILE]
 """
 from __future__ import annotations
 
@@ -44,9 +49,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0) -> Trainer:
-    cfg = RunConfig(model=ModelConfig(), train=TrainConfig(batch_size=batch_size, precision=precision, seed=seed,
-                                                           lr=1e-3, device="cpu", steps=10 ** 9))
+def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0, **model) -> Trainer:
+    train = TrainConfig(batch_size=batch_size, precision=precision, seed=seed, lr=1e-3, device="cpu", steps=10 ** 9)
+    cfg = RunConfig(model=ModelConfig(**model), train=train)
     return Trainer(cfg, "/nonexistent-never-written", data=data, progress=False, tensorboard=False)
 
 
@@ -86,12 +91,36 @@ def anchor_throughput(script: str, seconds: float, threads: int) -> dict:
             "train_seconds": rows[-1]["train_s"], "command": " ".join(cmd)}
 
 
+def baseline_image_ab(data: Data, settings: list[str], precision: str, blocks: int = 14) -> dict:
+    """images/s at batch 64 for each baseline_image setting, timed in interleaved blocks of 10 steps."""
+    trainers = {b: make_trainer(data, 64, precision, baseline_image=b) for b in settings}
+    batches = [(data.train_images[trainers[settings[0]].next_batch()].float()[:, None] / 255) for _ in range(16)]
+    times: dict[str, list[float]] = {b: [] for b in settings}
+    for block in range(blocks + 2):  # the first two blocks are warm-up
+        for b, tr in trainers.items():
+            t0 = time.perf_counter()
+            for i in range(10):
+                tr.train_step(batches[(block * 10 + i) % 16])
+            if block >= 2:
+                times[b].append((time.perf_counter() - t0) / 10)
+    out = {}
+    for b in settings:
+        median = sorted(times[b])[len(times[b]) // 2]
+        out[b] = {"images_per_s": round(64 / median, 1), "ms_per_step": round(1000 * median, 2)}
+    first = out[settings[0]]["images_per_s"]
+    for b in settings:
+        out[b]["vs_" + settings[0]] = round(out[b]["images_per_s"] / first, 2)
+    return {"batch_size": 64, "precision": precision, "blocks_of_10_steps": blocks, "settings": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", default="32,64,128,256")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32 and/or bf16")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per setting (after warm-up)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--baseline-images", help="also compare these baseline_image settings at batch 64 (interleaved), "
+                   "e.g. own,pooled,shared")
     p.add_argument("--anchor", help="path to shared/anchors/pyro_air/run_pyro.py to measure the anchor too")
     p.add_argument("--anchor-seconds", type=float, default=60.0)
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
@@ -121,6 +150,9 @@ def main() -> None:
             r["fraction_of_peak"] = round(r["achieved_gflops"] / result["matmul_peak_gflops"][pr], 3)
             print(json.dumps(r), flush=True)
             result["runs"].append(r)
+    if a.baseline_images:
+        result["baseline_image_ab"] = baseline_image_ab(data, a.baseline_images.split(","), precisions[-1])
+        print(json.dumps(result["baseline_image_ab"]), flush=True)
     if a.anchor:
         result["anchor"] = anchor_throughput(a.anchor, a.anchor_seconds, a.threads)
         ours = next((r for r in result["runs"] if r["batch_size"] == 64 and r["precision"] == "fp32"), None)

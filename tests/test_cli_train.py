@@ -52,3 +52,14 @@ def test_air_train_bad_options_give_a_clear_error(args, message, capsys, tmp_pat
 def test_resume_of_missing_run_is_clear(tmp_path, capsys):
     assert main(["train", "--resume", "--run-dir", str(tmp_path / "nothing"), *TINY]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_air_train_baseline_image_option_builds_that_baseline(tmp_path, capsys):
+    run = tmp_path / "pooled"
+    assert main(["train", "--steps", "1", "--run-dir", str(run), "--baseline-image", "pooled", *TINY]) == 0
+    model = AIR.load(run / "last.pt")
+    assert model.config.baseline_image == "pooled"
+    assert model.baseline.lstm.image_proj.in_features == 25 * 25  # the 50x50 scenes pooled 2x2
+    with pytest.raises(SystemExit):
+        main(["train", "--baseline-image", "half", *TINY])
+    assert "invalid choice: 'half'" in capsys.readouterr().err

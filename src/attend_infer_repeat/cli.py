@@ -210,8 +210,10 @@ def _add_train(sub) -> None:
     g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
                    help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
                    "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
-    g.add_argument("--baseline-image", choices=("own", "shared"), default=m.baseline_image,
-                   help="NVIL baseline: its own projection of the image, or the guide's (detached; faster)")
+    g.add_argument("--baseline-image", choices=("own", "pooled", "shared"), default=m.baseline_image,
+                   help="NVIL baseline input: its own projection of the image (default, as in Pyro), its own "
+                   "projection of the image pooled 2x2 (faster), or the guide's projection (detached; fastest); "
+                   "pooled and shared were less reliable over 5 seeds (see the README)")
     g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
     g.add_argument("--z-what-dim", type=int, default=m.z_what_dim, help="size of the appearance code z_what")
     g.add_argument("--lstm-hidden", type=int, default=m.lstm_hidden, help="LSTM state size")

@@ -61,9 +61,10 @@ class ModelConfig:
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
-    # NVIL baseline input: "own" (its own projection of the image, as in Pyro) or "shared" (the guide's
-    # projection of the image, detached: the same information, 1.16x more images/s at batch 64, but in the
-    # 5-seed benchmark one seed of five stayed stuck at 36% count accuracy, so it is not the default)
+    # NVIL baseline input: "own" (its own projection of the image, as in Pyro), "pooled" (its own projection of
+    # the image average-pooled 2x2: a quarter of the pixels, for a baseline that only has to predict one number
+    # per step) or "shared" (the guide's projection of the image, detached: 1.16x more images/s at batch 64,
+    # but in the 5-seed benchmark one seed of five stayed stuck at 36% count accuracy, so it is not the default)
     baseline_image: str = "own"
     # Likelihood p(x | z)
     likelihood: str = "gaussian"
@@ -91,7 +92,7 @@ class ModelConfig:
             _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
         _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
-        _check(self.baseline_image in ("own", "shared"), f"baseline_image must be own or shared, got "
+        _check(self.baseline_image in ("own", "pooled", "shared"), f"baseline_image must be own, pooled or shared, got "
                f"{self.baseline_image!r}")
         _check(self.z_pres_prior in Z_PRES_PRIORS,
                f"z_pres_prior must be one of {Z_PRES_PRIORS}, got {self.z_pres_prior!r}")

@@ -108,8 +108,8 @@ class AIR(nn.Module):
         # generative model p(x | z)
         self.decoder = WhatDecoder(cfg.z_what_dim, cfg.decoder_hidden, cfg.window_size, cfg.decoder_output_bias)
         # variance reduction for the z_pres gradient
-        self.baseline = Baseline(n_pixels if cfg.baseline_image == "own" else None, latent_dim, cfg.lstm_hidden,
-                                 cfg.predict_hidden)
+        self.baseline = Baseline(None if cfg.baseline_image == "shared" else cfg.image_size, latent_dim,
+                                 cfg.lstm_hidden, cfg.predict_hidden, pool=2 if cfg.baseline_image == "pooled" else 1)
         self.register_buffer("where_prior_loc", torch.tensor(
             [cfg.scale_prior_mean, cfg.shift_prior_mean, cfg.shift_prior_mean]), persistent=False)
         self.register_buffer("where_prior_std", torch.tensor(
@@ -184,7 +184,7 @@ class AIR(nn.Module):
         shared = cfg.baseline_image == "shared"
         bl_proj = None
         if with_baseline and not cfg.dair:
-            bl_proj = image_proj.detach() if shared else self.baseline.lstm.project_image(x_flat)
+            bl_proj = image_proj.detach() if shared else self.baseline.project_image(x)
 
         state = self.lstm.initial_state(b, x)
         bl_state = self.baseline.lstm.initial_state(b, x) if with_baseline else None
@@ -223,7 +223,7 @@ class AIR(nn.Module):
                 elif shared:
                     bl_in = proj.detach()
                 else:
-                    bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1))
+                    bl_in = self.baseline.project_image(seen.detach())
                 bl_state = self.baseline.lstm(bl_in, bl_latents, bl_state)
                 out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained

@@ -111,13 +111,22 @@ class Baseline(nn.Module):
     (detached) previous latents, and an MLP to one value per step. Trained by regression to the learning
     signal; it only reduces the variance of the z_pres gradient, it never changes its expectation.
 
-    ``image_dim=None``: no image projection of its own; the baseline LSTM then reads the guide's (detached)
-    projection of the image, which saves a third of the arithmetic and 43% of the parameters."""
+    ``image_size=None``: no image projection of its own; the baseline LSTM then reads the guide's (detached)
+    projection of the image, which saves a third of the arithmetic and 43% of the parameters.
+    ``pool > 1``: it reads the image average-pooled ``pool x pool`` (a quarter of the pixels for 2)."""
 
-    def __init__(self, image_dim: int | None, latent_dim: int, hidden: int, predict_hidden: int):
+    def __init__(self, image_size: int | None, latent_dim: int, hidden: int, predict_hidden: int, pool: int = 1):
         super().__init__()
-        self.lstm = ImageLSTM(image_dim, latent_dim, hidden)
+        self.pool = pool
+        pixels = (-(-image_size // pool)) ** 2 if image_size else None  # ceil: a last partial row/column is kept
+        self.lstm = ImageLSTM(pixels, latent_dim, hidden)
         self.head = MLP([hidden, predict_hidden, 1])
+
+    def project_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) -> the LSTM's image projection (B, 4 * hidden)."""
+        if self.pool > 1:
+            image = F.avg_pool2d(image, self.pool, ceil_mode=True)
+        return self.lstm.project_image(image.flatten(1))
 
 
 def _softplus_inverse(y: float) -> float:
