@@ -7,6 +7,7 @@ whole command are recorded too. Writes JSON (curves, minutes to 95% / 98% / 99% 
 plot of held-out count accuracy against minutes.
 
 usage: python benchmarks/time_to_accuracy.py [--seeds 0,1,2] [--eval-every 250] [--out FILE] [-- air train options]
+       python benchmarks/time_to_accuracy.py --replot [--out FILE]   (redraw the PNG from the JSON)
 """
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def run_seed(seed: int, run_root: Path, eval_every: int, eval_size: int, extra: 
             "wall_minutes": round((time.time() - t0) / 60, 2)}
 
 
+def plot(result: dict, path: Path) -> None:
+    """The PNG: held-out count accuracy against training minutes, one curve per seed that finished."""
+    from attend_infer_repeat.visualise import line_plot
+
+    ok = [r for r in result["runs"] if "error" not in r]
+    if ok:
+        line_plot({f"seed {r['seed']}": tuple(zip(*r["curve_minutes_acc"])) for r in ok}, path,
+                  xlabel="training minutes (2-core CPU)", ylabel="held-out count accuracy",
+                  title="AIR on multi-MNIST: held-out count accuracy vs training time (dashed: 95%, 98%)",
+                  y_range=(0.3, 1.0), hlines=(0.95, 0.98))
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -51,7 +64,11 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=2000)
     p.add_argument("--out", default=str(HERE / "results" / "time_to_accuracy.json"))
     p.add_argument("--run-root", default=str(HERE / "results" / "time_to_accuracy_runs"))
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
     a = p.parse_args(argv)
+    if a.replot:
+        plot(json.loads(Path(a.out).read_text()), Path(a.out).with_suffix(".png"))
+        return
     runs = [run_seed(int(s), Path(a.run_root), a.eval_every, a.eval_size, extra) for s in a.seeds.split(",")]
     ok = [r for r in runs if "error" not in r]
 
@@ -67,12 +84,7 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    if ok:
-        from attend_infer_repeat.visualise import line_plot
-        line_plot({f"seed {r['seed']}": tuple(zip(*r["curve_minutes_acc"])) for r in ok}, out.with_suffix(".png"),
-                  xlabel="training minutes (2-core CPU)", ylabel="held-out count accuracy",
-                  title="AIR on multi-MNIST: held-out count accuracy vs training time (dashed: 95%, 98%)",
-                  y_range=(0.3, 1.0), hlines=(0.95, 0.98))
+    plot(result, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 

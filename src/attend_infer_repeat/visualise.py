@@ -4,6 +4,8 @@ Everything writes plain PNG files with Pillow, so it works on a headless machine
 """
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 from typing import Sequence
@@ -129,7 +131,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     left, right, top, bottom = 64, 16, 44, 48
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = _font(12)
     xs_all = [x for xs, _ in series.values() for x in xs]
     ys_all = [y for _, ys in series.values() for y in ys]
     if not xs_all:
@@ -140,13 +142,13 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
     py = lambda y: h - bottom - (min(max(y, y0), y1) - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
     d.rectangle([left, top, w - right, h - bottom], outline=(120, 120, 120))
-    for i in range(6):
-        yv = y0 + i * (y1 - y0) / 5
+    for yv in nice_ticks(y0, y1):
         d.line([left - 4, py(yv), left, py(yv)], fill=(80, 80, 80))
-        d.text((4, py(yv) - 6), _tick(yv), fill=(0, 0, 0), font=font)
-        xv = x0 + i * (x1 - x0) / 5
+        d.text((left - 8 - d.textlength(_tick(yv), font=font), py(yv) - 7), _tick(yv), fill=(0, 0, 0), font=font)
+    for xv in nice_ticks(x0, x1):
+        label = _tick(xv)
         d.line([px(xv), h - bottom, px(xv), h - bottom + 4], fill=(80, 80, 80))
-        d.text((px(xv) - 10, h - bottom + 8), _tick(xv), fill=(0, 0, 0), font=font)
+        d.text((px(xv) - d.textlength(label, font=font) / 2, h - bottom + 8), label, fill=(0, 0, 0), font=font)
     for yv in hlines:
         for xa in range(left, w - right, 10):
             d.line([xa, py(yv), min(xa + 5, w - right), py(yv)], fill=(150, 150, 150))
@@ -183,12 +185,33 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
             d.line([box[0] + 6, yk + 6, box[0] + 24, yk + 6], fill=DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)], width=3)
             d.text((box[0] + 30, yk), label, fill=(0, 0, 0), font=font)
     d.text((left, 6), title, fill=(0, 0, 0), font=font)
-    d.text(((w - len(xlabel) * 6) // 2, h - 18), xlabel, fill=(0, 0, 0), font=font)
+    d.text(((w - d.textlength(xlabel, font=font)) // 2, h - 18), xlabel, fill=(0, 0, 0), font=font)
     d.text((4, top - 16), ylabel, fill=(0, 0, 0), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round axis values in [lo, hi], about ``target`` of them, spaced 1, 2 or 5 times a power of ten."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / target
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    ticks = [round((first + k) * step, 12) for k in range(int((hi - first * step) / step + 1e-9) + 1)]
+    return [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+
+
+def _font(size: int):
+    """Pillow's built-in font at ``size`` px (its default 10 px squeezes the spaces out of labels); the bitmap
+    default where Pillow is too old for sizes or has no FreeType."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, AttributeError, OSError, ImportError):
+        return ImageFont.load_default()
 
 
 def _tick(v: float) -> str:
