@@ -82,3 +82,48 @@ def test_crop_then_place_round_trip_on_a_placed_digit():
     assert (glimpse - digit).abs().max() < 1e-4  # the window is exactly the digit's frame
     back = attention.place(glimpse, z_where, 50)
     assert (back - canvas).abs().max() < 1e-4
+
+
+def _crop_reference(images, z_where, window_size):
+    """The textbook spatial transformer: affine_grid + grid_sample, in fp32."""
+    import torch.nn.functional as F
+
+    grid = F.affine_grid(attention.crop_theta(z_where), [images.size(0), 1, window_size, window_size],
+                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _random_crop_case(seed=0, n=16):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 50, 50, generator=g)
+    zw = torch.stack([1.2 + 2 * torch.rand(n, generator=g), torch.rand(n, generator=g) * 2 - 1,
+                      torch.rand(n, generator=g) * 2 - 1], 1)
+    zw[0, 0] = -2.0  # a mirrored window
+    zw[1, 0] = 0.01  # a scale under min_zoom
+    return images, zw, torch.randn(n, 1, 28, 28, generator=g)
+
+
+def test_crop_equals_affine_grid_and_grid_sample_forward_and_backward():
+    images, zw, weights = _random_crop_case()
+    z1, z2 = zw.clone().requires_grad_(), zw.clone().requires_grad_()
+    im1, im2 = images.clone().requires_grad_(), images.clone().requires_grad_()
+    ref, new = _crop_reference(im1, z1, 28), attention.crop(im2, z2, 28)
+    assert torch.allclose(ref, new, atol=1e-5)
+    for a, b in zip(torch.autograd.grad((ref * weights).sum(), [im1, z1]),
+                    torch.autograd.grad((new * weights).sum(), [im2, z2])):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_crop_keeps_full_precision_under_bf16_autocast():
+    """Training runs in bf16 autocast; the crop's sampling positions must not be rounded to bf16 (affine_grid's
+    internal matrix product would be: glimpses off by ~0.1 and z_where gradients off by tens of percent)."""
+    images, zw, weights = _random_crop_case(seed=1)
+    z_ref, z_bf = zw.clone().requires_grad_(), zw.clone().requires_grad_()
+    ref = _crop_reference(images, z_ref, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention.crop(images, z_bf, 28)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 1e-4
+    g_ref, = torch.autograd.grad((ref * weights).sum(), [z_ref])
+    g_bf, = torch.autograd.grad((out * weights).sum(), [z_bf])
+    assert torch.allclose(g_ref, g_bf, rtol=1e-3, atol=1e-2)
