@@ -11,11 +11,13 @@ With ``--baseline-images own,pooled,shared`` it also compares the NVIL baseline'
 so that the machine's drift affects all of them alike; the median block is reported.
 
 With ``--anchor PATH/run_pyro.py`` (the Pyro AIR example, see shared/anchors) it also measures the anchor's
-images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days.
+images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days; and then
+``--anchor-rounds`` (default 3) rounds of our batch-64 step and the anchor back to back, whose median ratio
+keeps the machine's drift between the two measurements out of the ratio.
 
 usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
                                        [--threads 2] [--baseline-images own,pooled,shared]
-                                       [--anchor /path/run_pyro.py] [--out FILE]
+                                       [--anchor /path/run_pyro.py] [--anchor-rounds 3] [--out FILE]
 """
 from __future__ import annotations
 
@@ -91,6 +93,34 @@ def anchor_throughput(script: str, seconds: float, threads: int) -> dict:
             "train_seconds": rows[-1]["train_s"], "command": " ".join(cmd)}
 
 
+def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anchor_seconds: float, threads: int,
+                       precision: str) -> dict:
+    """Rounds of [our batch-64 step for ``seconds``, then the anchor for ``anchor_seconds``], back to back.
+
+    The shared machines drift by 10-25% within minutes, so a ratio of two numbers taken minutes apart can be off
+    by as much; pairing each of our measurements with an anchor measurement right after it, and taking the
+    median of the per-round ratios, keeps the drift out of the ratio."""
+    tr = make_trainer(data, 64, precision)
+    batches = [(data.train_images[tr.next_batch()].float()[:, None] / 255) for _ in range(16)]
+    for i in range(15):
+        tr.train_step(batches[i % 16])
+    out = []
+    for _ in range(rounds):
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            tr.train_step(batches[steps % 16])
+            steps += 1
+        ours = round(steps * 64 / (time.perf_counter() - t0), 1)
+        anchor = anchor_throughput(script, anchor_seconds, threads)
+        if "images_per_s" not in anchor:
+            return {"error": anchor.get("error", "the anchor gave no result")}
+        out.append({"ours_images_per_s": ours, "anchor_images_per_s": anchor["images_per_s"],
+                    "ratio": round(ours / anchor["images_per_s"], 2)})
+        print(json.dumps(out[-1]), flush=True)
+    ratios = sorted(r["ratio"] for r in out)
+    return {"batch_size": 64, "precision": precision, "rounds": out, "median_ratio": ratios[len(ratios) // 2]}
+
+
 def baseline_image_ab(data: Data, settings: list[str], precision: str, blocks: int = 14) -> dict:
     """images/s at batch 64 for each baseline_image setting, timed in interleaved blocks of 10 steps."""
     trainers = {b: make_trainer(data, 64, precision, baseline_image=b) for b in settings}
@@ -123,6 +153,8 @@ def main() -> None:
                    "e.g. own,pooled,shared")
     p.add_argument("--anchor", help="path to shared/anchors/pyro_air/run_pyro.py to measure the anchor too")
     p.add_argument("--anchor-seconds", type=float, default=60.0)
+    p.add_argument("--anchor-rounds", type=int, default=3,
+                   help="with --anchor: rounds of ours then the anchor back to back at batch 64 (median ratio)")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -160,6 +192,9 @@ def main() -> None:
             result["speedup_vs_anchor_batch64"] = {
                 r["precision"]: round(r["images_per_s"] / result["anchor"]["images_per_s"], 2)
                 for r in result["runs"] if r["batch_size"] == 64}
+        if a.anchor_rounds > 0:
+            result["paired_with_anchor"] = paired_with_anchor(data, a.anchor, a.anchor_rounds, a.seconds,
+                                                              a.anchor_seconds, a.threads, precisions[-1])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))

@@ -36,7 +36,13 @@ def place_theta(z_where: torch.Tensor, min_zoom: float = 0.1) -> torch.Tensor:
 
 
 def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom: float = 0.1) -> torch.Tensor:
-    """Attend: read the window selected by z_where. images (B, 1, H, W) -> glimpses (B, 1, w, w)."""
+    """Attend: read the window selected by z_where. images (B, 1, H, W) -> glimpses (B, 1, w, w).
+
+    Under bf16 autocast (training on CPUs with native bf16) ``affine_grid``'s internal matrix product runs in
+    bf16, so the sampling positions are rounded to bf16 (on random 50x50 images, glimpses differed from the fp32
+    crop by up to 0.13, and z_where gradients by up to half their size). The default's reliability (5 of 5
+    seeds) was measured with exactly this; a crop with an fp32 grid, tried as a faster replacement, left seed 0
+    stuck at 36% count accuracy, so it was not kept."""
     theta = crop_theta(z_where, min_zoom)
     grid = F.affine_grid(theta, [images.size(0), 1, window_size, window_size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
