@@ -8,7 +8,8 @@ peak of the same machine with the same threads, so the ratio to the limit is vis
 
 With ``--baseline-images own,pooled,shared`` it also compares the NVIL baseline's image inputs (see
 ``ModelConfig.baseline_image``) at batch 64: one trainer per setting, timed in interleaved blocks of 10 steps
-so that the machine's drift affects all of them alike; the median block is reported.
+so that the machine's drift affects all of them alike; the median block is reported. ``--baseline-weights
+fp32,bf16`` does the same for the storage of the baseline's image-projection weights.
 
 With ``--anchor PATH/run_pyro.py`` (the Pyro AIR example, see shared/anchors) it also measures the anchor's
 images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days; and then
@@ -17,6 +18,7 @@ keeps the machine's drift between the two measurements out of the ratio.
 
 usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
                                        [--threads 2] [--baseline-images own,pooled,shared]
+                                       [--baseline-weights fp32,bf16]
                                        [--anchor /path/run_pyro.py] [--anchor-rounds 3] [--out FILE]
 """
 from __future__ import annotations
@@ -51,8 +53,10 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0, **model) -> Trainer:
-    train = TrainConfig(batch_size=batch_size, precision=precision, seed=seed, lr=1e-3, device="cpu", steps=10 ** 9)
+def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0, train_options: dict | None = None,
+                 **model) -> Trainer:
+    train = TrainConfig(batch_size=batch_size, precision=precision, seed=seed, lr=1e-3, device="cpu", steps=10 ** 9,
+                        **(train_options or {}))
     cfg = RunConfig(model=ModelConfig(**model), train=train)
     return Trainer(cfg, "/nonexistent-never-written", data=data, progress=False, tensorboard=False)
 
@@ -121,9 +125,12 @@ def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anc
     return {"batch_size": 64, "precision": precision, "rounds": out, "median_ratio": ratios[len(ratios) // 2]}
 
 
-def baseline_image_ab(data: Data, settings: list[str], precision: str, blocks: int = 14) -> dict:
-    """images/s at batch 64 for each baseline_image setting, timed in interleaved blocks of 10 steps."""
-    trainers = {b: make_trainer(data, 64, precision, baseline_image=b) for b in settings}
+def settings_ab(data: Data, field: str, settings: list[str], precision: str, blocks: int = 14) -> dict:
+    """images/s at batch 64 for each setting of a ModelConfig or TrainConfig field (baseline_image,
+    baseline_weights), timed in interleaved blocks of 10 steps."""
+    in_train = field in TrainConfig.__dataclass_fields__
+    trainers = {b: make_trainer(data, 64, precision, train_options={field: b}) if in_train
+                else make_trainer(data, 64, precision, **{field: b}) for b in settings}
     batches = [(data.train_images[trainers[settings[0]].next_batch()].float()[:, None] / 255) for _ in range(16)]
     times: dict[str, list[float]] = {b: [] for b in settings}
     for block in range(blocks + 2):  # the first two blocks are warm-up
@@ -140,7 +147,7 @@ def baseline_image_ab(data: Data, settings: list[str], precision: str, blocks: i
     first = out[settings[0]]["images_per_s"]
     for b in settings:
         out[b]["vs_" + settings[0]] = round(out[b]["images_per_s"] / first, 2)
-    return {"batch_size": 64, "precision": precision, "blocks_of_10_steps": blocks, "settings": out}
+    return {"field": field, "batch_size": 64, "precision": precision, "blocks_of_10_steps": blocks, "settings": out}
 
 
 def main() -> None:
@@ -151,6 +158,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--baseline-images", help="also compare these baseline_image settings at batch 64 (interleaved), "
                    "e.g. own,pooled,shared")
+    p.add_argument("--baseline-weights", help="also compare these baseline_weights settings at batch 64 "
+                   "(interleaved), e.g. fp32,bf16")
     p.add_argument("--anchor", help="path to shared/anchors/pyro_air/run_pyro.py to measure the anchor too")
     p.add_argument("--anchor-seconds", type=float, default=60.0)
     p.add_argument("--anchor-rounds", type=int, default=3,
@@ -183,8 +192,12 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             result["runs"].append(r)
     if a.baseline_images:
-        result["baseline_image_ab"] = baseline_image_ab(data, a.baseline_images.split(","), precisions[-1])
+        result["baseline_image_ab"] = settings_ab(data, "baseline_image", a.baseline_images.split(","), precisions[-1])
         print(json.dumps(result["baseline_image_ab"]), flush=True)
+    if a.baseline_weights:
+        result["baseline_weights_ab"] = settings_ab(data, "baseline_weights", a.baseline_weights.split(","),
+                                                    precisions[-1])
+        print(json.dumps(result["baseline_weights_ab"]), flush=True)
     if a.anchor:
         result["anchor"] = anchor_throughput(a.anchor, a.anchor_seconds, a.threads)
         ours = next((r for r in result["runs"] if r["batch_size"] == 64 and r["precision"] == "fp32"), None)

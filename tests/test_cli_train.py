@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.cli import main
@@ -63,3 +64,17 @@ def test_air_train_baseline_image_option_builds_that_baseline(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--baseline-image", "half", *TINY])
     assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_air_train_baseline_weights_option_is_saved_and_checked(tmp_path, capsys):
+    from attend_infer_repeat.checkpoint import load_checkpoint
+
+    run = tmp_path / "bf16"
+    assert main(["train", "--steps", "2", "--run-dir", str(run), "--baseline-weights", "bf16", *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["baseline_weights"] == "bf16"
+    state = load_checkpoint(run / "last.pt")
+    assert state["model"]["baseline.lstm.image_proj.weight"].dtype == torch.bfloat16
+    assert state["model"]["lstm.image_proj.weight"].dtype == torch.float32
+    with pytest.raises(SystemExit):
+        main(["train", "--baseline-weights", "fp8", *TINY])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err

@@ -42,16 +42,18 @@ def interrupt_at(trainer, step):
     trainer.train_step = step_then_interrupt
 
 
-def test_resume_continues_exactly(tiny_config, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: and the baseline's image weights stored in bf16
+def test_resume_continues_exactly(tiny_config, tmp_path, precision):
     """Interrupted at step 4 of 6 and resumed: the same weights as a run that never stopped (the learning
     rate schedule, data order and every random draw continue where they were)."""
     data = tiny_data()
-    full = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "full", data=data, progress=False)
+    run = lambda: tiny_run(tiny_config, steps=6, precision=precision, baseline_weights=precision)  # noqa: E731
+    full = Trainer(run(), tmp_path / "full", data=data, progress=False)
     full.fit()
-    part = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "part", data=data, progress=False)
+    part = Trainer(run(), tmp_path / "part", data=data, progress=False)
     interrupt_at(part, 4)
     assert part.fit()["interrupted"]
-    resumed = Trainer(tiny_run(tiny_config, steps=6), tmp_path / "part", data=data, progress=False)
+    resumed = Trainer(run(), tmp_path / "part", data=data, progress=False)
     resumed.fit(resume=True)
     assert resumed.step == 6
     assert torch.equal(params(resumed.model), params(full.model))
@@ -300,3 +302,22 @@ def test_a_cpu_trainer_keeps_large_freed_blocks_instead_of_faulting_them_in_agai
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, "trainer", str(tmp_path / f"run{attempt}")],
                              capture_output=True, text=True, check=True)
         assert float(out.stdout.split()[-1]) <= 10
+
+
+@pytest.mark.parametrize("precision, setting, want", [
+    ("bf16", "bf16", torch.bfloat16), ("bf16", "fp32", torch.float32), ("fp32", "bf16", torch.bfloat16),
+    ("fp32", "fp32", torch.float32)])
+def test_baseline_image_weights_are_stored_as_asked_and_checkpoints_load_as_fp32(tiny_config, tmp_path, precision,
+                                                                                setting, want):
+    tr = Trainer(tiny_run(tiny_config, steps=4, precision=precision, baseline_weights=setting), tmp_path,
+                 data=tiny_data(), progress=False)
+    w = tr.model.baseline.lstm.image_proj.weight
+    assert w.dtype == want
+    assert all(p.dtype == torch.float32 for n, p in tr.model.named_parameters()
+               if n != "baseline.lstm.image_proj.weight")  # everything else, the guide included, stays fp32
+    before = w.detach().clone()
+    assert tr.fit()["skipped_steps"] == 0
+    assert tr.opt.state[w]["exp_avg"].dtype == want and not torch.equal(before, w.detach())  # it learns
+    model = AIR.load(tmp_path / "last.pt")  # inference gets a plain fp32 model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.baseline.lstm.image_proj.weight, w.detach().float())

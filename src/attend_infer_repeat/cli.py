@@ -169,6 +169,9 @@ def _add_train(sub) -> None:
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=t.precision,
                    help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
                    "fp16 (with loss scaling) is for GPUs without bf16")
+    g.add_argument("--baseline-weights", choices=("fp32", "bf16"), default=t.baseline_weights,
+                   help="storage of the NVIL baseline's image-projection weights: bf16 makes a bf16 CPU step ~6%% "
+                   "faster, but fewer seeds reached 98%% (4 of 5 against 5 of 5)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
@@ -277,7 +280,7 @@ def _run_train(args) -> int:
     else:
         train_cfg = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                                 baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
-                                precision=args.precision,
+                                precision=args.precision, baseline_weights=args.baseline_weights,
                                 device=args.device, threads=args.threads, eval_every=args.eval_every,
                                 eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
                                 log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,

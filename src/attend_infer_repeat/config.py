@@ -121,6 +121,9 @@ class TrainConfig:
     # or AMX, GPUs that support it; same accuracy, ~1.6x faster on such CPUs), else fp32. fp16 (for GPUs
     # without bf16) adds dynamic loss scaling.
     precision: str = "auto"
+    # the NVIL baseline's image-projection weight matrix (with its gradient and Adam state): fp32, or bf16 (~6%
+    # faster bf16 CPU steps, but 4 of 5 seeds at 98%, see networks.Baseline.store_image_weights and the README)
+    baseline_weights: str = "fp32"
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
@@ -152,6 +155,8 @@ class TrainConfig:
         _check(self.lr > 0 and self.baseline_lr > 0, "learning rates must be positive")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        _check(self.baseline_weights in ("fp32", "bf16"),
+               f"baseline_weights must be fp32 or bf16, got {self.baseline_weights!r}")
         _check(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, got "
                f"{self.lr_schedule!r}")
         _check(0 <= self.lr_final_fraction <= 1, "lr_final_fraction must be between 0 and 1")

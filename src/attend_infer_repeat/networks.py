@@ -126,7 +126,22 @@ class Baseline(nn.Module):
         """Images (B, 1, H, W) -> the LSTM's image projection (B, 4 * hidden)."""
         if self.pool > 1:
             image = F.avg_pool2d(image, self.pool, ceil_mode=True)
-        return self.lstm.project_image(image.flatten(1))
+        x, proj = image.flatten(1), self.lstm.image_proj
+        if proj is None or proj.weight.dtype == x.dtype:
+            return self.lstm.project_image(x)
+        # a weight stored in bf16 (store_image_weights): the product in its precision, inside autocast or not
+        return F.linear(x.to(proj.weight.dtype), proj.weight, proj.bias.to(proj.weight.dtype))
+
+    def store_image_weights(self, dtype: torch.dtype) -> None:
+        """Keep the image projection's weight matrix in ``dtype`` (its gradient and Adam state follow).
+
+        In bf16 training this spares the step the bf16 copy of the fp32 weight, the fp32 copy of its gradient and
+        half of the optimiser's memory traffic for it (~6% of a CPU step). It is an option (``--baseline-weights
+        bf16``), not the default: with it 4 of 5 seeds reached 98% count accuracy (one stayed at 90%), against
+        5 of 5 with fp32. Call before the optimiser is built; loading a state dict converts into it."""
+        if self.lstm.image_proj is not None:
+            weight = self.lstm.image_proj.weight
+            weight.data = weight.data.to(dtype)  # the same Parameter: optimisers and state dicts still find it
 
 
 def _softplus_inverse(y: float) -> float:

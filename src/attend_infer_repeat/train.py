@@ -285,6 +285,8 @@ class Trainer:
             reuse_freed_memory()
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = AIR(cfg.model).to(self.device)
+        if t.baseline_weights == "bf16":
+            self.model.baseline.store_image_weights(torch.bfloat16)
         self.opt = make_optimizer(self.model, cfg)
         # fp16 needs dynamic loss scaling so that small gradients do not underflow (bf16 and fp32 do not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
