@@ -69,16 +69,26 @@ def flops_per_image(data: Data, precision: str) -> float:
     return counter.get_total_flops() / 64
 
 
-def throughput(data: Data, batch_size: int, precision: str, seconds: float, warmup: int = 15) -> dict:
+def warmed_up(data: Data, batch_size: int, precision: str, warmup: int = 15) -> tuple[Trainer, list[torch.Tensor]]:
+    """A trainer that has taken ``warmup`` steps, and the 16 in-memory batches it cycles through."""
     tr = make_trainer(data, batch_size, precision)
     batches = [(data.train_images[tr.next_batch()].float()[:, None] / 255) for _ in range(16)]
     for i in range(warmup):
         tr.train_step(batches[i % 16])
+    return tr, batches
+
+
+def timed_steps(tr: Trainer, batches: list[torch.Tensor], seconds: float) -> tuple[int, float]:
+    """Training steps for at least ``seconds``: (steps taken, seconds they took)."""
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         tr.train_step(batches[steps % 16])
         steps += 1
-    dt = time.perf_counter() - t0
+    return steps, time.perf_counter() - t0
+
+
+def throughput(data: Data, batch_size: int, precision: str, seconds: float) -> dict:
+    steps, dt = timed_steps(*warmed_up(data, batch_size, precision), seconds)
     return {"batch_size": batch_size, "precision": precision, "steps": steps, "seconds": round(dt, 2),
             "images_per_s": round(steps * batch_size / dt, 1), "ms_per_step": round(1000 * dt / steps, 2)}
 
@@ -104,17 +114,11 @@ def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anc
     The shared machines drift by 10-25% within minutes, so a ratio of two numbers taken minutes apart can be off
     by as much; pairing each of our measurements with an anchor measurement right after it, and taking the
     median of the per-round ratios, keeps the drift out of the ratio."""
-    tr = make_trainer(data, 64, precision)
-    batches = [(data.train_images[tr.next_batch()].float()[:, None] / 255) for _ in range(16)]
-    for i in range(15):
-        tr.train_step(batches[i % 16])
+    tr, batches = warmed_up(data, 64, precision)
     out = []
     for _ in range(rounds):
-        steps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            tr.train_step(batches[steps % 16])
-            steps += 1
-        ours = round(steps * 64 / (time.perf_counter() - t0), 1)
+        steps, dt = timed_steps(tr, batches, seconds)
+        ours = round(steps * 64 / dt, 1)
         anchor = anchor_throughput(script, anchor_seconds, threads)
         if "images_per_s" not in anchor:
             return {"error": anchor.get("error", "the anchor gave no result")}

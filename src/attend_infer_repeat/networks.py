@@ -41,7 +41,11 @@ class ImageLSTM(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def project_image(self, image_flat: torch.Tensor) -> torch.Tensor:
-        return self.image_proj(image_flat)
+        weight = self.image_proj.weight
+        if image_flat.dtype == weight.dtype:
+            return self.image_proj(image_flat)
+        # a weight stored in bf16 (Baseline.store_image_weights): the product in its precision, in autocast or not
+        return F.linear(image_flat.to(weight.dtype), weight, self.image_proj.bias.to(weight.dtype))
 
     def forward(self, image_proj: torch.Tensor, latents: torch.Tensor,
                 state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,11 +130,7 @@ class Baseline(nn.Module):
         """Images (B, 1, H, W) -> the LSTM's image projection (B, 4 * hidden)."""
         if self.pool > 1:
             image = F.avg_pool2d(image, self.pool, ceil_mode=True)
-        x, proj = image.flatten(1), self.lstm.image_proj
-        if proj is None or proj.weight.dtype == x.dtype:
-            return self.lstm.project_image(x)
-        # a weight stored in bf16 (store_image_weights): the product in its precision, inside autocast or not
-        return F.linear(x.to(proj.weight.dtype), proj.weight, proj.bias.to(proj.weight.dtype))
+        return self.lstm.project_image(image.flatten(1))
 
     def store_image_weights(self, dtype: torch.dtype) -> None:
         """Keep the image projection's weight matrix in ``dtype`` (its gradient and Adam state follow).
