@@ -321,3 +321,40 @@ def test_baseline_image_weights_are_stored_as_asked_and_checkpoints_load_as_fp32
     model = AIR.load(tmp_path / "last.pt")  # inference gets a plain fp32 model
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.equal(model.baseline.lstm.image_proj.weight, w.detach().float())
+
+
+def test_all_finite_catches_every_kind_of_non_finite_value():
+    from attend_infer_repeat.train import all_finite
+
+    ok = [torch.randn(50, 40), torch.randn(7), torch.randn(3).bfloat16()]
+    assert all_finite(ok) and all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(3):
+            tensors = [t.clone() for t in ok]
+            tensors[i].view(-1)[-1] = bad
+            assert not all_finite(tensors)
+    # +inf in one tensor and -inf in another must not cancel out
+    assert not all_finite([torch.tensor([float("inf")]), torch.tensor([float("-inf")])])
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_skips_the_update(tiny_config, tmp_path):
+    """The loss can be finite while backward makes an inf (0 * inf, a log at 0): the weights must not see it."""
+    tr = Trainer(tiny_run(tiny_config, steps=4), tmp_path, data=tiny_data(), progress=False)
+    weight = tr.model.lstm.image_proj.weight  # the largest tensor, checked by the same rule as every other
+    poison = {"on": False}
+    weight.register_hook(lambda g: g.index_fill(0, torch.tensor([0]), float("inf")) if poison["on"] else g)
+    real_step = tr.train_step
+
+    def step(x):
+        poison["on"] = tr.step == 1
+        before = params(tr.model).clone()
+        out = real_step(x)
+        assert torch.isfinite(out.loss)
+        assert out.skipped == poison["on"]
+        if out.skipped:
+            assert torch.equal(params(tr.model), before)
+        return out
+
+    tr.train_step = step
+    summary = tr.fit()
+    assert summary["skipped_steps"] == 1 and torch.isfinite(params(tr.model)).all()

