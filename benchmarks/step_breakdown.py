@@ -23,11 +23,10 @@ import types
 from pathlib import Path
 
 import torch
+from throughput import make_trainer
 
 from attend_infer_repeat.scenes import SceneConfig, make_scenes
 from attend_infer_repeat.train import Data, all_finite
-
-from throughput import make_trainer
 
 HERE = Path(__file__).resolve().parent
 
