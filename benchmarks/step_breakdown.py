@@ -23,7 +23,7 @@ import types
 from pathlib import Path
 
 import torch
-from throughput import make_trainer
+from throughput import interleaved_step_seconds, make_trainer
 
 from attend_infer_repeat.scenes import SceneConfig, make_scenes
 from attend_infer_repeat.train import Data, all_finite
@@ -64,15 +64,7 @@ def main() -> None:
     drop_image_weights(trainers["image_weights_frozen"], replace_by_zeros=False)
     drop_image_weights(trainers["no_image_projections"], replace_by_zeros=True)
     batches = [data.train_images[trainers["full"].next_batch()].float()[:, None] / 255 for _ in range(16)]
-    times: dict[str, list[float]] = {k: [] for k in trainers}
-    for block in range(a.blocks + 2):  # the first two blocks are warm-up
-        for name, tr in trainers.items():
-            t0 = time.perf_counter()
-            for i in range(10):
-                tr.train_step(batches[(block * 10 + i) % 16])
-            if block >= 2:
-                times[name].append((time.perf_counter() - t0) / 10)
-    ms = {k: round(1000 * sorted(v)[len(v) // 2], 2) for k, v in times.items()}
+    ms = {k: round(1000 * v, 2) for k, v in interleaved_step_seconds(trainers, batches, a.blocks).items()}
 
     tr = trainers["full"]
     checks: dict[str, list[float]] = {"norms": [], "sums": []}

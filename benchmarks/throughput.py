@@ -129,6 +129,20 @@ def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anc
     return {"batch_size": 64, "precision": precision, "rounds": out, "median_ratio": ratios[len(ratios) // 2]}
 
 
+def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.Tensor], blocks: int) -> dict[str, float]:
+    """Median seconds per training step of each trainer, timed in interleaved blocks of 10 steps (after two blocks
+    of warm-up), so that the machine's drift affects all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for block in range(blocks + 2):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            for i in range(10):
+                tr.train_step(batches[(block * 10 + i) % len(batches)])
+            if block >= 2:
+                times[name].append((time.perf_counter() - t0) / 10)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def settings_ab(data: Data, field: str, settings: list[str], precision: str, blocks: int = 14) -> dict:
     """images/s at batch 64 for each setting of a ModelConfig or TrainConfig field (baseline_image,
     baseline_weights), timed in interleaved blocks of 10 steps."""
@@ -136,18 +150,8 @@ def settings_ab(data: Data, field: str, settings: list[str], precision: str, blo
     trainers = {b: make_trainer(data, 64, precision, train_options={field: b}) if in_train
                 else make_trainer(data, 64, precision, **{field: b}) for b in settings}
     batches = [(data.train_images[trainers[settings[0]].next_batch()].float()[:, None] / 255) for _ in range(16)]
-    times: dict[str, list[float]] = {b: [] for b in settings}
-    for block in range(blocks + 2):  # the first two blocks are warm-up
-        for b, tr in trainers.items():
-            t0 = time.perf_counter()
-            for i in range(10):
-                tr.train_step(batches[(block * 10 + i) % 16])
-            if block >= 2:
-                times[b].append((time.perf_counter() - t0) / 10)
-    out = {}
-    for b in settings:
-        median = sorted(times[b])[len(times[b]) // 2]
-        out[b] = {"images_per_s": round(64 / median, 1), "ms_per_step": round(1000 * median, 2)}
+    seconds = interleaved_step_seconds(trainers, batches, blocks)
+    out = {b: {"images_per_s": round(64 / seconds[b], 1), "ms_per_step": round(1000 * seconds[b], 2)} for b in settings}
     first = out[settings[0]]["images_per_s"]
     for b in settings:
         out[b]["vs_" + settings[0]] = round(out[b]["images_per_s"] / first, 2)
