@@ -73,7 +73,7 @@ def main() -> None:
             out = tr.model.loss(batches[i % 16], tr.step)
         tr.opt.zero_grad(set_to_none=True)
         (out.loss + out.baseline_loss).backward()
-        grads = [q.grad for g in tr.opt.param_groups for q in g["params"] if q.grad is not None]
+        grads = tr.gradients()
         name, check = (("norms", norms_finite), ("sums", all_finite))[i % 2]
         t0 = time.perf_counter()
         assert check(grads)
