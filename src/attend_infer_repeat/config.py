@@ -10,6 +10,7 @@ Conventions used throughout the package:
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -124,6 +125,13 @@ class TrainConfig:
     # the NVIL baseline's image-projection weight matrix (with its gradient and Adam state): fp32, or bf16 (~6%
     # faster bf16 CPU steps, but 4 of 5 seeds at 98%, see networks.Baseline.store_image_weights and the README)
     baseline_weights: str = "fp32"
+    # torch.compile (TorchInductor) of the training loss: ~1.3x faster CPU steps at batch 64 after a one-time
+    # compile (~40 s the first time on a machine, a few seconds later from its cache; benchmarks/throughput.py).
+    # auto: on CPUs, in one process, falling back to eager with a warning where compiling fails (no C++
+    # compiler); on: on any device, and stop with an error where it fails; off: eager. Not the default: with it
+    # 4 of 5 seeds reached 98% (seed 3 stayed at 92%), against 5 of 5 eager (benchmarks/results/accuracy*.json).
+    # The default can be set for a machine with the environment variable AIR_COMPILE (auto, on or off).
+    compile: str = field(default_factory=lambda: os.environ.get("AIR_COMPILE", "off"))
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
@@ -157,6 +165,8 @@ class TrainConfig:
                f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         _check(self.baseline_weights in ("fp32", "bf16"),
                f"baseline_weights must be fp32 or bf16, got {self.baseline_weights!r}")
+        _check(self.compile in ("auto", "on", "off"), "compile (--compile, or the environment variable AIR_COMPILE) "
+               f"must be auto, on or off, got {self.compile!r}")
         _check(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, got "
                f"{self.lr_schedule!r}")
         _check(0 <= self.lr_final_fraction <= 1, "lr_final_fraction must be between 0 and 1")

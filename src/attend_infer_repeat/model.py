@@ -243,14 +243,20 @@ class AIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # 3. Objective: the ELBO and its gradient estimator
     # ------------------------------------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, train_step: int = 0, use_baseline: bool = True) -> LossOutput:
+    def loss(self, x: torch.Tensor, train_step: int = 0, use_baseline: bool = True,
+             z_pres_prior: torch.Tensor | None = None) -> LossOutput:
         """Single-sample ELBO of images x (B, 1, H, W) and the surrogate whose gradient estimates its gradient.
 
         ELBO = log p(x | z) - sum_i z_pres_i [KL(z_where_i) + KL(z_what_i)] - sum_i z_pres_{i-1} KL(z_pres_i)
-        with every KL analytic given the sampled z_pres (Dittadi's form); z_pres_0 = 1."""
-        return self.objective(x, self.guide(x, with_baseline=use_baseline), train_step)
+        with every KL analytic given the sampled z_pres (Dittadi's form); z_pres_0 = 1.
 
-    def objective(self, x: torch.Tensor, q: GuideOutput, train_step: int = 0) -> LossOutput:
+        ``z_pres_prior``: the prior's p(z_pres_i = 1 | z_pres_{i-1} = 1), (N,), if already computed (the
+        trainer passes it, so that a compiled loss sees a tensor instead of a step number that changes);
+        default :meth:`prior` at ``train_step``."""
+        return self.objective(x, self.guide(x, with_baseline=use_baseline), train_step, z_pres_prior)
+
+    def objective(self, x: torch.Tensor, q: GuideOutput, train_step: int = 0,
+                  z_pres_prior: torch.Tensor | None = None) -> LossOutput:
         """The ELBO and the gradient surrogate for images x given the guide's latents q (see :meth:`loss`)."""
         cfg = self.config
         if cfg.dair:
@@ -263,7 +269,8 @@ class AIR(nn.Module):
         sampled = previous_present(present)  # z_pres_{i-1}
         kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
         kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
-        kl_pres = kl_bernoulli(q.z_pres_logit, self.prior(train_step)[None])
+        prior = self.prior(train_step) if z_pres_prior is None else z_pres_prior
+        kl_pres = kl_bernoulli(q.z_pres_logit, prior[None])
         object_cost = present * (kl_where + kl_what)  # (B, N)
         pres_cost = sampled * kl_pres  # (B, N)
         elbo = log_lik - object_cost.sum(1) - pres_cost.sum(1)

@@ -256,6 +256,14 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()))
 
 
+def cxx_compiler_found() -> bool:
+    """Whether a C++ compiler TorchInductor could use is on this machine (``$CXX``, or g++/clang++/c++ on PATH)."""
+    import shutil
+
+    cxx = os.environ.get("CXX")
+    return bool(cxx and shutil.which(cxx)) or any(shutil.which(c) for c in ("g++", "clang++", "c++"))
+
+
 def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam with two parameter groups: model + guide at ``lr``, the NVIL baseline at ``baseline_lr``."""
     baseline = [p for n, p in model.named_parameters() if n.startswith("baseline.")]
@@ -328,6 +336,8 @@ class Trainer:
         self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
         self.progress = progress
         self.tensorboard = tensorboard
+        self.compiled_loss = self._compile_loss()  # None: the loss runs eagerly
+        self.compile_seconds: float | None = None  # how long the first compiled step (compiling it) took
 
     # ------------------------------------------------------------------------------------------- batches
     def next_batch(self) -> torch.Tensor:
@@ -440,11 +450,58 @@ class Trainer:
         self.events.append({"kind": "rollback", "step": self.step, "to_step": state["step"],
                             "lr_scale": self.lr_scale, "message": message})
 
+    def _compile_loss(self):
+        """``torch.compile`` of ``AIR.loss`` where ``cfg.train.compile`` asks for it (see TrainConfig.compile).
+
+        The loss is compiled, not the optimiser step (fused Adam is one kernel already) nor the model (its
+        state dict keeps its names). ``dynamic=False``: every training batch has the same shape."""
+        mode = self.cfg.train.compile
+        if mode == "off" or (mode == "auto" and (self.device.type != "cpu" or self.world > 1)):
+            return None
+        if mode == "auto" and not cxx_compiler_found():  # TorchInductor's CPU code needs one: don't try in vain
+            if self.progress and self.is_main:
+                print("air train: --compile auto, but no C++ compiler found (g++, clang++, c++ or $CXX), so the "
+                      "training step runs eagerly", file=sys.stderr)
+            return None
+        if self.world > 1:
+            raise InputError("--compile on works in one process only: with several processes use --compile auto "
+                             "(which trains them eagerly) or off")
+        if not hasattr(torch, "compile"):
+            if mode == "on":
+                raise InputError(f"--compile on needs torch.compile (torch >= 2.0), this is torch {torch.__version__}")
+            return None
+        return torch.compile(self.model.loss, dynamic=False, options={"fallback_random": True})
+
+    def loss(self, x: torch.Tensor):
+        """``AIR.loss`` of a training batch at this step: compiled where that is on and works, else eager.
+
+        The first compiled call compiles. If that fails (typically: no working C++ compiler for TorchInductor),
+        ``compile auto`` warns once and trains eagerly from then on; ``compile on`` stops with the reason."""
+        prior = self.model.prior(self.step)  # a tensor, so the compiled loss never sees the step number change
+        if self.compiled_loss is not None:
+            if self.compile_seconds is not None:
+                return self.compiled_loss(x, z_pres_prior=prior)
+            try:
+                out = self.compiled_loss(x, z_pres_prior=prior)
+            except Exception as e:  # any compiler failure: the eager loss below is the fallback
+                self.compiled_loss = None
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+                if self.cfg.train.compile == "on":
+                    raise AIRError(f"--compile on: torch.compile failed ({reason}). Install a C++ compiler "
+                                   "(g++ or clang) for TorchInductor, or train with --compile off") from e
+                print(f"air train: torch.compile failed ({reason}); training without it (eager, slower). "
+                      "--compile off skips the attempt", file=sys.stderr)
+            else:
+                return out
+        return self.model.loss(x, self.step, z_pres_prior=prior)
+
     def gradients(self) -> list[torch.Tensor]:
         """The gradients the optimiser is about to apply (those of every parameter that has one)."""
         return [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
 
     def train_step(self, x: torch.Tensor):
+        compiling = self.compiled_loss is not None and self.compile_seconds is None
+        t0 = time.perf_counter()
         factor = self.learning_rate_factor()
         for g in self.opt.param_groups:  # the schedule applies to model and guide; the baseline keeps its rate
             if g["name"] == "model":
@@ -456,7 +513,7 @@ class Trainer:
                 total = self.ddp(x, self.step)
                 out = self.ddp.module.last
             else:
-                out = self.model.loss(x, self.step)
+                out = self.loss(x)
                 total = out.loss + out.baseline_loss
         self.opt.zero_grad(set_to_none=True)
         # every process must agree before backward (DDP's gradient averaging needs all of them)
@@ -484,6 +541,8 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.opt.step()
+        if compiling and self.compiled_loss is not None:  # the first compiled step: forward and backward compiled
+            self.compile_seconds = time.perf_counter() - t0
         self.step += 1
         return out
 
@@ -539,6 +598,9 @@ class Trainer:
         if self.is_main:
             atomic_write_bytes(self.run_dir / "config.json", lambda f: f.write(config_text.encode()))
 
+        if self.compiled_loss is not None and self.compile_seconds is None and self.is_main and self.progress:
+            print("air train: compiling the training step (torch.compile: about 40 s the first time on this "
+                  "machine, seconds after that; --compile off skips it)", file=sys.stderr)
         bar = Progress(t.steps, t.minutes, enabled=self.progress and self.is_main)
         budget_s = 60 * t.minutes if t.minutes else float("inf")
         window = {"elbo": 0.0, "acc": 0.0, "n": 0, "t": 0.0, "imgs": 0}
@@ -620,7 +682,9 @@ class Trainer:
                    "processes": self.world,
                    "held_out_count_acc": final["count_acc"], "held_out_elbo": round(final["elbo"], 2),
                    "held_out_n": final["n"], "best": self.best, "device": str(self.device),
-                   "precision": self.precision, "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
+                   "precision": self.precision, "compiled": self.compiled_loss is not None,
+                   "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 2),
+                   "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
                    "peak_rss_gib": round(peak_rss_gib(), 2)}
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
