@@ -6,6 +6,11 @@ model's FLOPs per training image (torch's FlopCounterMode over one forward+backw
 are the arithmetic that matters here), the achieved GFLOP/s, and a measured fp32 (and bf16) matrix-multiply
 peak of the same machine with the same threads, so the ratio to the limit is visible.
 
+Every batch size and precision is timed with each ``--compile`` setting (default ``off,auto``: the eager training
+loss, ``air train``'s default, and the compiled one of ``air train --compile auto``); ``--compile-ab off,auto`` (the
+default) also times the two at batch 64 in interleaved blocks, the fairest comparison on a drifting machine, and
+the anchor rounds pair each anchor measurement with one of each.
+
 With ``--baseline-images own,pooled,shared`` it also compares the NVIL baseline's image inputs (see
 ``ModelConfig.baseline_image``) at batch 64: one trainer per setting, timed in interleaved blocks of 10 steps
 so that the machine's drift affects all of them alike; the median block is reported. ``--baseline-weights
@@ -17,6 +22,7 @@ images/s in the same run on the same machine, so the speed-up is a ratio, not tw
 keeps the machine's drift between the two measurements out of the ratio.
 
 usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
+                                       [--compile off,auto] [--compile-ab off,auto]
                                        [--threads 2] [--baseline-images own,pooled,shared]
                                        [--baseline-weights fp32,bf16]
                                        [--anchor /path/run_pyro.py] [--anchor-rounds 3] [--out FILE]
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 from torch.utils.flop_counter import FlopCounterMode
 
 from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
@@ -62,16 +69,18 @@ def make_trainer(data: Data, batch_size: int, precision: str, seed: int = 0, tra
 
 
 def flops_per_image(data: Data, precision: str) -> float:
-    tr = make_trainer(data, 64, precision)
+    tr = make_trainer(data, 64, precision, train_options={"compile": "off"})  # the counter sees eager operators
     x = data.train_images[:64].float()[:, None] / 255
     with FlopCounterMode(display=False) as counter:
         tr.train_step(x)
     return counter.get_total_flops() / 64
 
 
-def warmed_up(data: Data, batch_size: int, precision: str, warmup: int = 15) -> tuple[Trainer, list[torch.Tensor]]:
-    """A trainer that has taken ``warmup`` steps, and the 16 in-memory batches it cycles through."""
-    tr = make_trainer(data, batch_size, precision)
+def warmed_up(data: Data, batch_size: int, precision: str, warmup: int = 15,
+              compile: str = "auto") -> tuple[Trainer, list[torch.Tensor]]:
+    """A trainer that has taken ``warmup`` steps (the first one compiles, where it is compiled), and the 16
+    in-memory batches it cycles through."""
+    tr = make_trainer(data, batch_size, precision, train_options={"compile": compile})
     batches = [(data.train_images[tr.next_batch()].float()[:, None] / 255) for _ in range(16)]
     for i in range(warmup):
         tr.train_step(batches[i % 16])
@@ -87,10 +96,17 @@ def timed_steps(tr: Trainer, batches: list[torch.Tensor], seconds: float) -> tup
     return steps, time.perf_counter() - t0
 
 
-def throughput(data: Data, batch_size: int, precision: str, seconds: float) -> dict:
-    steps, dt = timed_steps(*warmed_up(data, batch_size, precision), seconds)
-    return {"batch_size": batch_size, "precision": precision, "steps": steps, "seconds": round(dt, 2),
+def throughput(data: Data, batch_size: int, precision: str, seconds: float, compile: str = "auto") -> dict:
+    tr, batches = warmed_up(data, batch_size, precision, compile=compile)
+    steps, dt = timed_steps(tr, batches, seconds)
+    return {"batch_size": batch_size, "precision": precision, "compile": compile,
+            "compiled": tr.compiled_loss is not None, "compile_seconds": _seconds(tr.compile_seconds),
+            "steps": steps, "seconds": round(dt, 2),
             "images_per_s": round(steps * batch_size / dt, 1), "ms_per_step": round(1000 * dt / steps, 2)}
+
+
+def _seconds(s: float | None) -> float | None:
+    return None if s is None else round(s, 1)
 
 
 def anchor_throughput(script: str, seconds: float, threads: int) -> dict:
@@ -108,25 +124,35 @@ def anchor_throughput(script: str, seconds: float, threads: int) -> dict:
 
 
 def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anchor_seconds: float, threads: int,
-                       precision: str) -> dict:
-    """Rounds of [our batch-64 step for ``seconds``, then the anchor for ``anchor_seconds``], back to back.
+                       precision: str, compiles: list[str]) -> dict:
+    """Rounds of [our batch-64 step for ``seconds`` with each compile setting, then the anchor for
+    ``anchor_seconds``], back to back.
 
     The shared machines drift by 10-25% within minutes, so a ratio of two numbers taken minutes apart can be off
     by as much; pairing each of our measurements with an anchor measurement right after it, and taking the
     median of the per-round ratios, keeps the drift out of the ratio."""
-    tr, batches = warmed_up(data, 64, precision)
+    trainers = {c: warmed_up(data, 64, precision, compile=c) for c in compiles}
     out = []
     for _ in range(rounds):
-        steps, dt = timed_steps(tr, batches, seconds)
-        ours = round(steps * 64 / dt, 1)
+        ours = {}
+        for c, (tr, batches) in trainers.items():
+            steps, dt = timed_steps(tr, batches, seconds)
+            ours[c] = round(steps * 64 / dt, 1)
         anchor = anchor_throughput(script, anchor_seconds, threads)
         if "images_per_s" not in anchor:
             return {"error": anchor.get("error", "the anchor gave no result")}
-        out.append({"ours_images_per_s": ours, "anchor_images_per_s": anchor["images_per_s"],
-                    "ratio": round(ours / anchor["images_per_s"], 2)})
+        out.append({"anchor_images_per_s": anchor["images_per_s"],
+                    **{f"ours_compile_{c}_images_per_s": v for c, v in ours.items()},
+                    **{f"ratio_compile_{c}": round(v / anchor["images_per_s"], 2) for c, v in ours.items()}})
         print(json.dumps(out[-1]), flush=True)
-    ratios = sorted(r["ratio"] for r in out)
-    return {"batch_size": 64, "precision": precision, "rounds": out, "median_ratio": ratios[len(ratios) // 2]}
+    medians = {}
+    for c in compiles:
+        ratios = sorted(r[f"ratio_compile_{c}"] for r in out)
+        medians[f"compile_{c}"] = ratios[len(ratios) // 2]
+    return {"batch_size": 64, "precision": precision, "seconds_per_measurement": seconds,
+            "anchor_seconds": anchor_seconds,
+            "compiled": {c: tr.compiled_loss is not None for c, (tr, _) in trainers.items()}, "rounds": out,
+            "median_ratio": medians}
 
 
 def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.Tensor], blocks: int) -> dict[str, float]:
@@ -145,16 +171,21 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.T
 
 def settings_ab(data: Data, field: str, settings: list[str], precision: str, blocks: int = 14) -> dict:
     """images/s at batch 64 for each setting of a ModelConfig or TrainConfig field (baseline_image,
-    baseline_weights), timed in interleaved blocks of 10 steps."""
+    baseline_weights, compile), timed in interleaved blocks of 10 steps (after each has taken its first step, which
+    is where a compiled one compiles)."""
     in_train = field in TrainConfig.__dataclass_fields__
     trainers = {b: make_trainer(data, 64, precision, train_options={field: b}) if in_train
                 else make_trainer(data, 64, precision, **{field: b}) for b in settings}
     batches = [(data.train_images[trainers[settings[0]].next_batch()].float()[:, None] / 255) for _ in range(16)]
+    for tr in trainers.values():
+        tr.train_step(batches[0])
     seconds = interleaved_step_seconds(trainers, batches, blocks)
     out = {b: {"images_per_s": round(64 / seconds[b], 1), "ms_per_step": round(1000 * seconds[b], 2)} for b in settings}
     first = out[settings[0]]["images_per_s"]
     for b in settings:
         out[b]["vs_" + settings[0]] = round(out[b]["images_per_s"] / first, 2)
+    for b, tr in trainers.items():
+        out[b].update(compiled=tr.compiled_loss is not None, compile_seconds=_seconds(tr.compile_seconds))
     return {"field": field, "batch_size": 64, "precision": precision, "blocks_of_10_steps": blocks, "settings": out}
 
 
@@ -168,6 +199,11 @@ def main() -> None:
                    "e.g. own,pooled,shared")
     p.add_argument("--baseline-weights", help="also compare these baseline_weights settings at batch 64 "
                    "(interleaved), e.g. fp32,bf16")
+    p.add_argument("--compile", default="off,auto",
+                   help="comma-separated TrainConfig.compile settings to time every batch size and precision with "
+                   "(auto: compiled where a C++ compiler is found; off: eager)")
+    p.add_argument("--compile-ab", default="off,auto",
+                   help="compare these compile settings at batch 64 in interleaved blocks ('' to skip)")
     p.add_argument("--anchor", help="path to shared/anchors/pyro_air/run_pyro.py to measure the anchor too")
     p.add_argument("--anchor-seconds", type=float, default=60.0)
     p.add_argument("--anchor-rounds", type=int, default=3,
@@ -175,6 +211,11 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # one compiled graph per batch size, precision and A/B trainer: more than dynamo's default of 8 per function,
+    # beyond which it would silently run the loss eagerly
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 64)
     scenes = make_scenes("train", 4096, SceneConfig())
     data = Data(torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts), torch.from_numpy(scenes.images[:64]),
                 torch.from_numpy(scenes.counts[:64]))
@@ -193,8 +234,8 @@ def main() -> None:
     result["flops_per_training_image"] = {pr: flops_per_image(data, pr) for pr in precisions}
     result["runs"] = []
     for pr in precisions:
-        for bs in (int(b) for b in a.batch_sizes.split(",")):
-            r = throughput(data, bs, pr, a.seconds)
+        for bs, compile in ((int(b), c) for b in a.batch_sizes.split(",") for c in a.compile.split(",")):
+            r = throughput(data, bs, pr, a.seconds, compile)
             r["achieved_gflops"] = round(r["images_per_s"] * result["flops_per_training_image"][pr] / 1e9, 1)
             r["fraction_of_peak"] = round(r["achieved_gflops"] / result["matmul_peak_gflops"][pr], 3)
             print(json.dumps(r), flush=True)
@@ -202,20 +243,24 @@ def main() -> None:
     if a.baseline_images:
         result["baseline_image_ab"] = settings_ab(data, "baseline_image", a.baseline_images.split(","), precisions[-1])
         print(json.dumps(result["baseline_image_ab"]), flush=True)
+    if a.compile_ab:
+        result["compile_ab"] = settings_ab(data, "compile", a.compile_ab.split(","), precisions[-1])
+        print(json.dumps(result["compile_ab"]), flush=True)
     if a.baseline_weights:
         result["baseline_weights_ab"] = settings_ab(data, "baseline_weights", a.baseline_weights.split(","),
                                                     precisions[-1])
         print(json.dumps(result["baseline_weights_ab"]), flush=True)
     if a.anchor:
         result["anchor"] = anchor_throughput(a.anchor, a.anchor_seconds, a.threads)
-        ours = next((r for r in result["runs"] if r["batch_size"] == 64 and r["precision"] == "fp32"), None)
-        if ours and "images_per_s" in result["anchor"]:
+        if "images_per_s" in result["anchor"]:
             result["speedup_vs_anchor_batch64"] = {
-                r["precision"]: round(r["images_per_s"] / result["anchor"]["images_per_s"], 2)
+                f"{r['precision']}_compile_{r['compile']}":
+                    round(r["images_per_s"] / result["anchor"]["images_per_s"], 2)
                 for r in result["runs"] if r["batch_size"] == 64}
         if a.anchor_rounds > 0:
             result["paired_with_anchor"] = paired_with_anchor(data, a.anchor, a.anchor_rounds, a.seconds,
-                                                              a.anchor_seconds, a.threads, precisions[-1])
+                                                              a.anchor_seconds, a.threads, precisions[-1],
+                                                              a.compile.split(","))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
