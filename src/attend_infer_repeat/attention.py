@@ -42,7 +42,8 @@ def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom
     bf16, so the sampling positions are rounded to bf16 (on random 50x50 images, glimpses differed from the fp32
     crop by up to 0.13, and z_where gradients by up to half their size). The default's reliability (5 of 5
     seeds) was measured with exactly this; a crop with an fp32 grid, tried as a faster replacement, left seed 0
-    stuck at 36% count accuracy, so it was not kept."""
+    stuck at 36% count accuracy, so it was not kept. Under torch.compile the same ATen kernels run, with the same
+    rounding, through two opaque operators (below)."""
     theta = crop_theta(z_where, min_zoom)
     if _OPAQUE_OPS and _compiling():
         # the matrices in the precision autocast would give affine_grid's product; the grid in the images'
@@ -118,6 +119,7 @@ if _OPAQUE_OPS:
         return d_theta, None, None
 
     _affine_grid.register_autograd(_affine_grid_backward, setup_context=_save_size)
+
 
 def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoom: float = 0.1) -> torch.Tensor:
     """Draw: put each window back on an empty canvas with the inverse transform.
