@@ -180,7 +180,13 @@ def test_without_a_compiler_auto_trains_eagerly_and_says_why(tiny_config, tmp_pa
 
 def test_bad_compile_settings_are_clear_errors(monkeypatch):
     monkeypatch.delenv("AIR_COMPILE")
-    assert TrainConfig().compile == "off"  # eager by default (see TrainConfig.compile for why)
+    assert TrainConfig().compile == "auto"  # compiled where it can be, by default
+    # a run saved before the option existed trained eagerly, and resumes so (exactly where it stopped)
+    from attend_infer_repeat.config import RunConfig
+    old = RunConfig().to_dict()
+    del old["train"]["compile"]
+    assert RunConfig.from_dict(old).train.compile == "off"
+    assert RunConfig.from_dict(RunConfig().to_dict()).train.compile == "auto"
     with pytest.raises(InputError, match="compile .* must be auto, on or off, got 'fast'"):
         TrainConfig(compile="fast")
     monkeypatch.setenv("AIR_COMPILE", "sometimes")

@@ -173,10 +173,10 @@ def _add_train(sub) -> None:
                    help="storage of the NVIL baseline's image-projection weights: bf16 makes a bf16 CPU step ~6%% "
                    "faster, but fewer seeds reached 98%% (4 of 5 against 5 of 5)")
     g.add_argument("--compile", choices=("auto", "on", "off"), default=t.compile,
-                   help="torch.compile the training loss: ~1.3x faster CPU steps at batch 64 after a one-time "
-                   "compile (~40 s the first time on a machine, seconds later). auto: on CPUs, falling back to "
-                   "eager with a warning where compiling fails; on: any device, an error where it fails; off "
-                   "(default, or $AIR_COMPILE): eager. Compiled, 4 of 5 seeds reached 98%% (5 of 5 eager)")
+                   help="torch.compile the training loss: ~1.4x faster CPU steps at batch 64 after a one-time "
+                   "compile (~40 s the first time on a machine, seconds later). auto (default, or $AIR_COMPILE): "
+                   "on CPUs with a C++ compiler, falling back to eager with a warning where compiling fails; on: "
+                   "any device, an error where it fails; off: eager")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
