@@ -12,8 +12,8 @@ from attend_infer_repeat.config import ModelConfig
 @pytest.fixture(autouse=True)
 def _seed_and_isolate(monkeypatch, tmp_path_factory):
     """Every test starts from the same seeds and never writes to the user's real data cache. Training runs
-    eagerly (the default, whatever AIR_COMPILE says on this machine) unless a test asks for torch.compile
-    (``compile="auto"``/``"on"``): compiling takes 10-40 s per model shape (test_compile.py pays it where it counts)."""
+    eagerly here (not the default ``compile="auto"``, whatever AIR_COMPILE says on this machine) unless a test asks
+    for torch.compile explicitly: compiling takes 10-40 s per model shape (test_compile.py pays it where it counts)."""
     torch.manual_seed(0)
     np.random.seed(0)
     monkeypatch.setenv("AIR_DATA_DIR", str(tmp_path_factory.getbasetemp() / "air-cache"))

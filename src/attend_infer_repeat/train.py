@@ -466,10 +466,6 @@ class Trainer:
         if self.world > 1:
             raise InputError("--compile on works in one process only: with several processes use --compile auto "
                              "(which trains them eagerly) or off")
-        if not hasattr(torch, "compile"):
-            if mode == "on":
-                raise InputError(f"--compile on needs torch.compile (torch >= 2.0), this is torch {torch.__version__}")
-            return None
         return torch.compile(self.model.loss, dynamic=False, options={"fallback_random": True})
 
     def loss(self, x: torch.Tensor):
