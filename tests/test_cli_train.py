@@ -55,26 +55,35 @@ def test_resume_of_missing_run_is_clear(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_air_train_baseline_image_option_builds_that_baseline(tmp_path, capsys):
-    run = tmp_path / "pooled"
-    assert main(["train", "--steps", "1", "--run-dir", str(run), "--baseline-image", "pooled", *TINY]) == 0
+@pytest.mark.parametrize("estimator, has_baseline", [("enumerate", False), ("nvil", True)])
+def test_air_train_z_pres_estimator_option(tmp_path, capsys, estimator, has_baseline):
+    run = tmp_path / estimator
+    assert main(["train", "--steps", "1", "--run-dir", str(run), "--z-pres-estimator", estimator, *TINY]) == 0
     model = AIR.load(run / "last.pt")
-    assert model.config.baseline_image == "pooled"
-    assert model.baseline.lstm.image_proj.in_features == 25 * 25  # the 50x50 scenes pooled 2x2
+    assert model.config.z_pres_estimator == estimator
+    assert (model.baseline is not None) == has_baseline
     with pytest.raises(SystemExit):
-        main(["train", "--baseline-image", "half", *TINY])
-    assert "invalid choice: 'half'" in capsys.readouterr().err
+        main(["train", "--z-pres-estimator", "reinforce", *TINY])
+    assert "invalid choice: 'reinforce'" in capsys.readouterr().err
 
 
-def test_air_train_baseline_weights_option_is_saved_and_checked(tmp_path, capsys):
-    from attend_infer_repeat.checkpoint import load_checkpoint
+def test_removed_baseline_options_are_refused_and_old_runs_still_load(tmp_path, capsys):
+    """--baseline-image and --baseline-weights were measured and removed; a run saved with them still loads
+    (they only concerned the NVIL baseline, which inference never uses)."""
+    from attend_infer_repeat.checkpoint import load_checkpoint, save_checkpoint
 
-    run = tmp_path / "bf16"
-    assert main(["train", "--steps", "2", "--run-dir", str(run), "--baseline-weights", "bf16", *TINY]) == 0
-    assert json.loads((run / "config.json").read_text())["train"]["baseline_weights"] == "bf16"
+    for option in (["--baseline-image", "pooled"], ["--baseline-weights", "bf16"]):
+        with pytest.raises(SystemExit):
+            main(["train", *option, *TINY])
+        assert "unrecognized arguments" in capsys.readouterr().err
+    run = tmp_path / "old"
+    assert main(["train", "--steps", "1", "--run-dir", str(run), "--z-pres-estimator", "nvil", *TINY]) == 0
     state = load_checkpoint(run / "last.pt")
-    assert state["model"]["baseline.lstm.image_proj.weight"].dtype == torch.bfloat16
-    assert state["model"]["lstm.image_proj.weight"].dtype == torch.float32
-    with pytest.raises(SystemExit):
-        main(["train", "--baseline-weights", "fp8", *TINY])
-    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+    state["config"]["model"]["baseline_image"] = "pooled"  # as a run of the removed option saved it ...
+    state["config"]["train"]["baseline_weights"] = "bf16"
+    del state["config"]["model"]["z_pres_estimator"]  # ... before the estimator option existed
+    state["model"]["baseline.lstm.image_proj.weight"] = torch.zeros(4 * 256, 25 * 25, dtype=torch.bfloat16)
+    save_checkpoint(run / "old.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    model = AIR.load(run / "old.pt")
+    assert model.config.z_pres_estimator == "nvil" and model.baseline is None
+    assert torch.equal(model.lstm.image_proj.weight, state["model"]["lstm.image_proj.weight"])

@@ -42,12 +42,12 @@ def interrupt_at(trainer, step):
     trainer.train_step = step_then_interrupt
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: and the baseline's image weights stored in bf16
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resume_continues_exactly(tiny_config, tmp_path, precision):
     """Interrupted at step 4 of 6 and resumed: the same weights as a run that never stopped (the learning
     rate schedule, data order and every random draw continue where they were)."""
     data = tiny_data()
-    run = lambda: tiny_run(tiny_config, steps=6, precision=precision, baseline_weights=precision)  # noqa: E731
+    run = lambda: tiny_run(tiny_config, steps=6, precision=precision)  # noqa: E731
     full = Trainer(run(), tmp_path / "full", data=data, progress=False)
     full.fit()
     part = Trainer(run(), tmp_path / "part", data=data, progress=False)
@@ -304,25 +304,6 @@ def test_a_cpu_trainer_keeps_large_freed_blocks_instead_of_faulting_them_in_agai
         assert float(out.stdout.split()[-1]) <= 10
 
 
-@pytest.mark.parametrize("precision, setting, want", [
-    ("bf16", "bf16", torch.bfloat16), ("bf16", "fp32", torch.float32), ("fp32", "bf16", torch.bfloat16),
-    ("fp32", "fp32", torch.float32)])
-def test_baseline_image_weights_are_stored_as_asked_and_checkpoints_load_as_fp32(tiny_config, tmp_path, precision,
-                                                                                setting, want):
-    tr = Trainer(tiny_run(tiny_config, steps=4, precision=precision, baseline_weights=setting), tmp_path,
-                 data=tiny_data(), progress=False)
-    w = tr.model.baseline.lstm.image_proj.weight
-    assert w.dtype == want
-    assert all(p.dtype == torch.float32 for n, p in tr.model.named_parameters()
-               if n != "baseline.lstm.image_proj.weight")  # everything else, the guide included, stays fp32
-    before = w.detach().clone()
-    assert tr.fit()["skipped_steps"] == 0
-    assert tr.opt.state[w]["exp_avg"].dtype == want and not torch.equal(before, w.detach())  # it learns
-    model = AIR.load(tmp_path / "last.pt")  # inference gets a plain fp32 model
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert torch.equal(model.baseline.lstm.image_proj.weight, w.detach().float())
-
-
 def test_all_finite_catches_every_kind_of_non_finite_value():
     from attend_infer_repeat.train import all_finite
 
@@ -358,3 +339,72 @@ def test_a_non_finite_gradient_with_a_finite_loss_skips_the_update(tiny_config, 
     tr.train_step = step
     summary = tr.fit()
     assert summary["skipped_steps"] == 1 and torch.isfinite(params(tr.model)).all()
+
+
+def _trap_at_first_check(trainer):
+    """The trap check reports a trap the first time it runs in this trainer, nothing after (the check itself is
+    tested on models in each trap in test_diagnose.py; here only what the trainer does with its answer)."""
+    real = trainer.check_traps
+    calls = []
+
+    def check():
+        calls.append(trainer.step)
+        found = real()
+        if len(calls) == 1:
+            found["traps"] = [{"name": "split_objects", "rate": 0.6, "threshold": 0.35, "message": "made up"}]
+        return found
+
+    trainer.check_traps = check
+    return calls
+
+
+def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, tmp_path, capsys):
+    data = tiny_data()
+    cfg = tiny_run(tiny_config, steps=12, eval_every=3, restarts=1)
+    plain = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=0), tmp_path / "plain", data=data,
+                    progress=False)
+    plain.fit()
+    tr = Trainer(cfg, tmp_path / "run", data=data, progress=False)
+    calls = _trap_at_first_check(tr)
+    summary = tr.fit()
+    assert calls[0] == 3  # the first evaluation is within the first quarter of 12 steps ...
+    assert summary["steps"] == 12 and len(summary["restarts"]) == 1  # ... and a full budget follows it
+    assert summary["restarts"][0]["step"] == 3 and summary["restarts"][0]["traps"][0]["name"] == "split_objects"
+    assert "starting again from new initial weights (attempt 2 of at most 2)" in capsys.readouterr().err
+    assert not torch.equal(params(tr.model), params(plain.model))  # other initial weights
+    old = [json.loads(line) for line in (tmp_path / "run" / "attempt-1.metrics.jsonl").read_text().splitlines()]
+    new = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in old) == 3 and new[0]["kind"] == "restart"
+    steps = [r["step"] for r in new if r["kind"] == "train"]
+    assert steps == sorted(steps) and steps[-1] == 12
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["restarts"] == summary["restarts"] and "traps" in saved and "trap_rates" in saved
+    # deterministic: the same run again gives the same weights; and no more restarts than allowed
+    again = Trainer(cfg, tmp_path / "again", data=data, progress=False)
+    _trap_at_first_check(again)
+    again.fit()
+    assert torch.equal(params(again.model), params(tr.model))
+
+
+def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path):
+    data = tiny_data()
+    cfg = tiny_run(tiny_config, steps=12, eval_every=3, restarts=1)
+    full = Trainer(cfg, tmp_path / "full", data=data, progress=False)
+    _trap_at_first_check(full)
+    full.fit()
+    part = Trainer(cfg, tmp_path / "part", data=data, progress=False)
+    _trap_at_first_check(part)
+    interrupt_at(part, 8)
+    assert part.fit()["interrupted"]
+    resumed = Trainer(cfg, tmp_path / "part", data=data, progress=False)
+    summary = resumed.fit(resume=True)
+    assert len(summary["restarts"]) == 1 and summary["steps"] == 12
+    assert torch.equal(params(resumed.model), params(full.model))
+
+
+def test_no_restart_after_the_first_quarter_of_the_budget(tiny_config, tmp_path):
+    tr = Trainer(tiny_run(tiny_config, steps=8, eval_every=3, restarts=2), tmp_path, data=tiny_data(),
+                 progress=False)
+    calls = _trap_at_first_check(tr)
+    summary = tr.fit()
+    assert summary["restarts"] == [] and calls[-1] == 8  # only the final check ran: step 3 is past 8 / 4

@@ -82,10 +82,22 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     except (InputError, TypeError) as e:
         raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
     model = AIR(config.model)
-    check_state_dict(model, state["model"], p)
-    model.load_state_dict(state["model"])
+    weights = state["model"]
+    if _baseline_differs(model, weights):
+        # an NVIL baseline of an option since removed (a pooled or shared image input): it only ever served
+        # training's gradient estimate, so the model is complete without it
+        model.baseline = None
+        weights = {k: v for k, v in weights.items() if not k.startswith("baseline.")}
+    check_state_dict(model, weights, p)
+    model.load_state_dict(weights)
     step = state.get("step", 0)
     return model.to(device).eval(), config, int(step) if isinstance(step, int) else 0
+
+
+def _baseline_differs(model, weights: dict[str, torch.Tensor]) -> bool:
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("baseline.")}
+    theirs = {k: v for k, v in weights.items() if k.startswith("baseline.")}
+    return set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

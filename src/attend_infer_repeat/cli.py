@@ -169,9 +169,6 @@ def _add_train(sub) -> None:
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=t.precision,
                    help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
                    "fp16 (with loss scaling) is for GPUs without bf16")
-    g.add_argument("--baseline-weights", choices=("fp32", "bf16"), default=t.baseline_weights,
-                   help="storage of the NVIL baseline's image-projection weights: bf16 makes a bf16 CPU step ~6%% "
-                   "faster, but fewer seeds reached 98%% (4 of 5 against 5 of 5)")
     g.add_argument("--compile", choices=("auto", "on", "off"), default=t.compile,
                    help="torch.compile the training loss: ~1.4x faster CPU steps at batch 64 after a one-time "
                    "compile (~40 s the first time on a machine, seconds later). auto (default, or $AIR_COMPILE): "
@@ -181,6 +178,9 @@ def _add_train(sub) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate of model and guide")
+    g.add_argument("--restarts", type=int, default=t.restarts,
+                   help="start again from new initial weights, at most this many times, when the trap check (no "
+                   "labels needed) finds a known bad optimum early in training (0: never)")
     g.add_argument("--baseline-lr", type=float, default=t.baseline_lr, help="Adam learning rate of the NVIL baseline")
     g.add_argument("--grad-clip", type=float, default=t.grad_clip, help="clip model+guide gradient norm (off if unset)")
     g = p.add_argument_group("evaluation and checkpoints")
@@ -211,6 +211,11 @@ def _add_train(sub) -> None:
                    help="if set, object sizes vary uniformly between --digit-size and this (default: 20 for "
                    "sprites when --digit-size is not given either, else none)")
     g.add_argument("--counts", default=",".join(map(str, t.counts)), help="allowed digit counts, e.g. 0,1,2")
+    g.add_argument("--allow-overlap", action="store_true", default=t.allow_overlap,
+                   help="generated scenes: let the objects overlap (pixels combined with max); by default their ink "
+                   "boxes are disjoint")
+    g.add_argument("--max-overlap", type=float, default=t.max_overlap,
+                   help="generated scenes: the largest IoU two objects' ink boxes may have (default 0: apart)")
     g.add_argument("--data-seed", type=int, default=t.data_seed, help="seed of the generated scenes")
     g.add_argument("--data-dir", default=t.data_dir,
                    help="a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
@@ -218,10 +223,9 @@ def _add_train(sub) -> None:
     g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
                    help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
                    "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
-    g.add_argument("--baseline-image", choices=("own", "pooled", "shared"), default=m.baseline_image,
-                   help="NVIL baseline input: its own projection of the image (default, as in Pyro), its own "
-                   "projection of the image pooled 2x2 (faster), or the guide's projection (detached; fastest); "
-                   "pooled and shared were less reliable over 5 seeds (see the README)")
+    g.add_argument("--z-pres-estimator", choices=("enumerate", "nvil"), default=m.z_pres_estimator,
+                   help="training's treatment of the discrete z_pres: sum the ELBO over every count exactly, or "
+                   "sample it with the score-function (NVIL) estimator of the paper")
     g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
     g.add_argument("--z-what-dim", type=int, default=m.z_what_dim, help="size of the appearance code z_what")
     g.add_argument("--lstm-hidden", type=int, default=m.lstm_hidden, help="LSTM state size")
@@ -268,7 +272,7 @@ def _run_train(args) -> int:
     model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
                         window_size=args.window_size,
                         dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
-                        baseline_image=args.baseline_image,
+                        z_pres_estimator=args.z_pres_estimator,
                         likelihood=args.likelihood,
                         likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
                         z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
@@ -285,12 +289,14 @@ def _run_train(args) -> int:
     else:
         train_cfg = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                                 baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
-                                precision=args.precision, baseline_weights=args.baseline_weights,
+                                restarts=args.restarts,
+                                precision=args.precision,
                                 compile=args.compile, device=args.device, threads=args.threads,
                                 eval_every=args.eval_every,
                                 eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
                                 log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
                                 digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
+                                allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
                                 data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
                                 data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
                                 holdout=args.holdout)

@@ -36,6 +36,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "files": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
 }
 Z_PRES_PRIORS = ("bernoulli", "geometric")
+Z_PRES_ESTIMATORS = ("enumerate", "nvil")
 
 
 def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[int, int | None]:
@@ -62,11 +63,9 @@ class ModelConfig:
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
-    # NVIL baseline input: "own" (its own projection of the image, as in Pyro), "pooled" (its own projection of
-    # the image average-pooled 2x2: a quarter of the pixels, for a baseline that only has to predict one number
-    # per step) or "shared" (the guide's projection of the image, detached: 1.16x more images/s at batch 64,
-    # but in the 5-seed benchmark one seed of five stayed stuck at 36% count accuracy, so it is not the default)
-    baseline_image: str = "own"
+    # How training treats the discrete z_pres: "enumerate" sums the ELBO over the N + 1 possible counts exactly
+    # (AIR.enumerated_objective); "nvil" samples it and uses the score function with the NVIL baseline (the paper)
+    z_pres_estimator: str = "nvil"
     # Likelihood p(x | z)
     likelihood: str = "gaussian"
     likelihood_sigma: float = 0.3
@@ -91,10 +90,10 @@ class ModelConfig:
         _check(self.window_size >= 4, "window_size must be at least 4")
         for name in ("z_what_dim", "lstm_hidden", "encoder_hidden", "decoder_hidden", "predict_hidden"):
             _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
+        _check(self.z_pres_estimator in Z_PRES_ESTIMATORS,
+               f"z_pres_estimator must be one of {Z_PRES_ESTIMATORS}, got {self.z_pres_estimator!r}")
         _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
-        _check(self.baseline_image in ("own", "pooled", "shared"), f"baseline_image must be own, pooled or shared, got "
-               f"{self.baseline_image!r}")
         _check(self.z_pres_prior in Z_PRES_PRIORS,
                f"z_pres_prior must be one of {Z_PRES_PRIORS}, got {self.z_pres_prior!r}")
         _check(0 < self.z_pres_prior_p < 1, "z_pres_prior_p must be strictly between 0 and 1")
@@ -122,9 +121,6 @@ class TrainConfig:
     # or AMX, GPUs that support it; same accuracy, ~1.6x faster on such CPUs), else fp32. fp16 (for GPUs
     # without bf16) adds dynamic loss scaling.
     precision: str = "auto"
-    # the NVIL baseline's image-projection weight matrix (with its gradient and Adam state): fp32, or bf16 (~6%
-    # faster bf16 CPU steps, but 4 of 5 seeds at 98%, see networks.Baseline.store_image_weights and the README)
-    baseline_weights: str = "fp32"
     # torch.compile (TorchInductor) of the training loss: ~1.4x faster CPU steps at batch 64 after a one-time
     # compile (~40 s the first time on a machine, a few seconds later from its cache; benchmarks/throughput.py).
     # auto: on CPUs, in one process, where a C++ compiler is found, falling back to eager with a warning where
@@ -135,6 +131,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
+    # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels)
+    # finds a known bad optimum at an evaluation in the first quarter of its step budget
+    restarts: int = 2
     eval_size: int = 2000  # held-out scenes scored at each evaluation (the final evaluation uses all)
     checkpoint_every: int = 1000
     log_every: int = 50  # progress bar refresh, in steps
@@ -143,6 +142,8 @@ class TrainConfig:
     digit_size: int | None = None  # object size in px; None: the data set's default (DATASET_DEFAULTS)
     max_digit_size: int | None = None
     counts: tuple[int, ...] = (0, 1, 2)
+    max_overlap: float = 0.0  # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
+    allow_overlap: bool = False  # generated scenes: let the objects' ink overlap (by default their ink boxes are disjoint)
     data_seed: int = 0
     data_dir: str | None = None  # a folder of MNIST (or Fashion-MNIST) IDX files (else cache, package, download)
     dataset: str = "mnist"  # mnist | fashion | sprites: the generated scenes; files: the images at data_path
@@ -163,8 +164,6 @@ class TrainConfig:
         _check(self.lr > 0 and self.baseline_lr > 0, "learning rates must be positive")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        _check(self.baseline_weights in ("fp32", "bf16"),
-               f"baseline_weights must be fp32 or bf16, got {self.baseline_weights!r}")
         _check(self.compile in ("auto", "on", "off"), "compile (--compile, or the environment variable AIR_COMPILE) "
                f"must be auto, on or off, got {self.compile!r}")
         _check(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, got "
@@ -172,6 +171,7 @@ class TrainConfig:
         _check(0 <= self.lr_final_fraction <= 1, "lr_final_fraction must be between 0 and 1")
         _check(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        _check(self.restarts >= 0, "restarts must be >= 0")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "eval_every, checkpoint_every and log_every must be at least 1")
         _check(self.n_train >= 1 and self.n_test >= 1, "n_train and n_test must be at least 1")
@@ -189,9 +189,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        train = dict(d.get("train", {}))
+        model, train = dict(d.get("model", {})), dict(d.get("train", {}))
         train.setdefault("compile", "off")  # saved before the option existed: those runs trained eagerly
-        return cls(model=config_from_dict(ModelConfig, d.get("model", {})),
+        train.setdefault("restarts", 0)  # ... and those could not start again
+        model.setdefault("z_pres_estimator", "nvil")  # saved before the option existed: NVIL was the only one
+        # options that were measured and removed (benchmarks/results/accuracy_baseline_*.json): only the
+        # NVIL baseline, which inference never uses, depended on them
+        model.pop("baseline_image", None)
+        train.pop("baseline_weights", None)
+        return cls(model=config_from_dict(ModelConfig, model),
                    train=config_from_dict(TrainConfig, train))
 
 

@@ -324,10 +324,18 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
         out["localisation"] = localisation_metrics([b.numpy() for b in result.boxes], boxes, iou_threshold)
     from .scenes import Scenes
 
-    if isinstance(data, Scenes):  # also against the tight ink boxes: the windows AIR learns frame the ink
+    if isinstance(data, Scenes):  # also against the tight ink boxes: the windows AIR learns frame the ink, and
+        # the boxes of what each object draws (a square window cannot fit a thin digit's box, a drawn "1" can)
         out["localisation_ink"] = localisation_metrics([b.numpy() for b in result.boxes],
                                                        np.asarray(data.ink_boxes), iou_threshold)
+        out["localisation_objects"] = localisation_metrics([b.numpy() for b in result.object_boxes],
+                                                           np.asarray(data.ink_boxes), iou_threshold)
     dev = next(model.parameters()).device
+    if counts is not None:
+        with seeded(seed, dev):
+            probs = model.count_probs(x, batch_size=batch_size).double().numpy()
+        hit = probs[np.arange(n), np.minimum(counts, n_steps)] * (counts <= n_steps)
+        out["sampled_count_acc"] = float(hit.mean())
     with seeded(seed, dev):
         elbo = []
         with eval_mode(model):
@@ -356,7 +364,9 @@ def format_table(result: dict) -> str:
     """``evaluate``'s dict as a readable plain-text table for the terminal."""
     lines = [f"scenes evaluated:        {result['n']}"]
     if "count_acc" in result:
-        lines.append(f"count accuracy:          {result['count_acc']:.4f}")
+        lines.append(f"count accuracy:          {result['count_acc']:.4f}  (deterministic: z_pres = [q > 0.5])")
+        if "sampled_count_acc" in result:
+            lines.append(f"sampled count accuracy:  {result['sampled_count_acc']:.4f}  (E_q[n = true count])")
         for c, acc in result["count_acc_per_true_count"].items():
             lines.append(f"  true count {c}:          {acc:.4f}  ({result['true_count_histogram'][int(c)]} scenes)")
         cm = result["confusion"]
@@ -380,6 +390,10 @@ def format_table(result: dict) -> str:
         loc = result["localisation_ink"]
         lines.append(f"against the ink boxes:   mean IoU {loc['mean_iou']:.4f}, precision {loc['precision']:.4f}, "
                      f"recall {loc['recall']:.4f} @ IoU {loc['iou_threshold']:g}")
+    if "localisation_objects" in result:
+        loc = result["localisation_objects"]
+        lines.append(f"drawn objects vs ink:    mean IoU {loc['mean_iou']:.4f}, precision {loc['precision']:.4f}, "
+                     f"recall {loc['recall']:.4f} @ IoU {loc['iou_threshold']:g}  (box of what each object draws)")
     if "elbo" in result:
         lines.append(f"ELBO per image:          {result['elbo']:.2f}  (std {result['elbo_std']:.2f}, nats)")
     if "iw_log_px" in result:

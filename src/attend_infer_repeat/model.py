@@ -31,6 +31,7 @@ from .networks import Baseline, ImageLSTM, WhatDecoder, WhatEncoder, WherePresPr
 from .objective import (
     bernoulli_log_prob,
     count_log_prior,
+    count_log_probs,
     kl_bernoulli,
     kl_normal,
     previous_present,
@@ -38,6 +39,32 @@ from .objective import (
     score_function_surrogate,
     z_pres_prior_probs,
 )
+
+
+#: A pixel belongs to an object's drawn ink where the object draws at least this intensity (chosen on training
+#: scenes: it gives the boxes closest to the digits' ink boxes there).
+OBJECT_INK_THRESHOLD = 0.2
+
+
+def ink_boxes(objects: torch.Tensor, z_where: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """The tight box of each drawn object's pixels >= OBJECT_INK_THRESHOLD: objects (B, N, H, W) on the canvas
+    -> (B, N, 4) ``x_min, y_min, x_max, y_max`` in pixels (exclusive max, as the scenes' ink boxes). An object
+    that draws nothing that bright gets an empty box at its window's centre."""
+    inked = objects >= OBJECT_INK_THRESHOLD
+    size = objects.size(-1)
+    idx = torch.arange(size, device=objects.device)
+
+    def extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, N, size) -> first, last + 1
+        first = torch.where(mask, idx, size).amin(-1)
+        last = torch.where(mask, idx, -1).amax(-1) + 1
+        return first.float(), last.float()
+
+    x0, x1 = extent(inked.any(-2))
+    y0, y1 = extent(inked.any(-1))
+    centre = (z_where[..., 1:] + 1) * size / 2  # normalised -> pixels
+    empty = ~inked.flatten(-2).any(-1)
+    boxes = torch.stack([x0, y0, x1, y1], -1)
+    return torch.where(empty[..., None], centre.repeat(1, 1, 2).to(boxes), boxes)
 
 
 @contextmanager
@@ -76,6 +103,7 @@ class LossOutput:
     elbo: torch.Tensor  # (B,) per-image ELBO, detached
     counts: torch.Tensor  # (B,) sampled number of objects
     terms: dict[str, torch.Tensor]  # per-image means of the ELBO's parts, detached, for logging
+    per_image_loss: torch.Tensor | None = None  # (B,) what ``loss`` is the mean of (with its gradient)
     skipped: bool = False  # set by the trainer: the update was skipped (non-finite loss or gradient)
 
 
@@ -84,7 +112,8 @@ class InferenceResult:
     """What :meth:`AIR.infer` found in each image. Box coordinates are pixels of the input image."""
 
     counts: torch.Tensor  # (B,) long
-    boxes: list[torch.Tensor]  # B tensors (n_i, 4): x_min, y_min, x_max, y_max
+    boxes: list[torch.Tensor]  # B tensors (n_i, 4): each object's window, x_min, y_min, x_max, y_max
+    object_boxes: list[torch.Tensor]  # B tensors (n_i, 4): the tight box of what each object draws (ink_boxes)
     z_what: list[torch.Tensor]  # B tensors (n_i, D)
     z_where: list[torch.Tensor]  # B tensors (n_i, 3): zoom s, centre x, centre y (normalised)
     pres_probs: torch.Tensor  # (B, N) q(z_pres_i = 1 | z_pres_{i-1} = 1), every step
@@ -107,9 +136,9 @@ class AIR(nn.Module):
         self.encoder = WhatEncoder(cfg.window_size, cfg.encoder_hidden, cfg.z_what_dim)
         # generative model p(x | z)
         self.decoder = WhatDecoder(cfg.z_what_dim, cfg.decoder_hidden, cfg.window_size, cfg.decoder_output_bias)
-        # variance reduction for the z_pres gradient
-        self.baseline = Baseline(None if cfg.baseline_image == "shared" else cfg.image_size, latent_dim,
-                                 cfg.lstm_hidden, cfg.predict_hidden, pool=2 if cfg.baseline_image == "pooled" else 1)
+        # variance reduction for the score-function z_pres gradient (the enumerated ELBO needs none)
+        self.baseline = Baseline(n_pixels, latent_dim, cfg.lstm_hidden, cfg.predict_hidden) \
+            if cfg.z_pres_estimator == "nvil" else None
         self.register_buffer("where_prior_loc", torch.tensor(
             [cfg.scale_prior_mean, cfg.shift_prior_mean, cfg.shift_prior_mean]), persistent=False)
         self.register_buffer("where_prior_std", torch.tensor(
@@ -122,21 +151,26 @@ class AIR(nn.Module):
         """p(z_pres_i = 1 | z_pres_{i-1} = 1), i = 1..N (fixed Bernoulli, or truncated geometric on n)."""
         return z_pres_prior_probs(self.config, train_step).to(self.where_prior_loc.device)
 
-    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
-        """Draw every object in its window and put the present ones on the canvas.
+    def draw(self, z_what: torch.Tensor, z_where: torch.Tensor):
+        """Draw every object in its window and put it on a canvas of its own.
 
-        z_what (B, N, D), z_where (B, N, 3), z_pres (B, N) -> canvas (B, 1, H, W), windows (B, N, 1, w, w).
+        z_what (B, N, D), z_where (B, N, 3) -> objects (B, N, 1, H, W), windows (B, N, 1, w, w).
         All steps are decoded in one batch."""
         cfg = self.config
-        b, n = z_pres.shape
+        b, n = z_what.shape[:2]
         windows = self.decoder(z_what.reshape(b * n, -1))
         placed = attention.place(windows, z_where.reshape(b * n, 3), cfg.image_size, cfg.min_zoom)
-        placed = placed.view(b, n, 1, cfg.image_size, cfg.image_size)
-        canvas = (placed * z_pres.view(b, n, 1, 1, 1)).sum(1)
-        return canvas, windows.view(b, n, 1, cfg.window_size, cfg.window_size)
+        return (placed.view(b, n, 1, cfg.image_size, cfg.image_size),
+                windows.view(b, n, 1, cfg.window_size, cfg.window_size))
+
+    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
+        """The canvas: the sum of the present objects. z_pres (B, N) -> canvas (B, 1, H, W), windows."""
+        placed, windows = self.draw(z_what, z_where)
+        return (placed * z_pres[:, :, None, None, None]).sum(1), windows
 
     def log_likelihood(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) summed over pixels, (B,)."""
+        """log p(x | z) summed over the pixels (the last three dimensions, C, H, W): (B,), or (B, K) for K
+        canvases per image (B, K, 1, H, W) against x (B, 1, 1, H, W)."""
         cfg = self.config
         if cfg.likelihood == "gaussian":
             sigma = cfg.likelihood_sigma
@@ -144,7 +178,7 @@ class AIR(nn.Module):
         else:  # Bernoulli with the canvas as the probability (objects may overlap, so clamp into (0, 1))
             p = canvas.clamp(1e-4, 1 - 1e-4)
             ll = x * torch.log(p) + (1 - x) * torch.log1p(-p)
-        return ll.flatten(1).sum(-1)
+        return ll.flatten(-3).sum(-1)
 
     @torch.no_grad()
     def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
@@ -171,20 +205,24 @@ class AIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # 2. Guide q(z | x)
     # ------------------------------------------------------------------------------------------------------
-    def guide(self, x: torch.Tensor, deterministic: bool = False, with_baseline: bool = False) -> GuideOutput:
+    def guide(self, x: torch.Tensor, deterministic: bool = False, with_baseline: bool = False,
+              z_pres: torch.Tensor | None = None) -> GuideOutput:
         """Run the inference network for N steps over images x (B, 1, H, W).
 
         ``deterministic``: posterior means for z_where/z_what and z_pres = [p > 0.5] (for inference);
-        otherwise samples (reparameterised for z_where and z_what)."""
+        otherwise samples (reparameterised for z_where and z_what).
+        ``z_pres`` (B, N): take these presence values instead of proposing them (still 0 after the first 0).
+        With all ones, every count n finds the guide's latents of its n present steps (and the stop probability
+        of step n + 1) in this one run, since a step sees only the steps before it: what
+        :meth:`enumerated_objective` sums over."""
         cfg = self.config
         b, n = x.size(0), cfg.max_steps
+        given_z_pres = z_pres
         x_flat = x.flatten(1)
         # AIR sees the same image at every step: project it once (DAIR re-projects the residual each step).
         image_proj = None if cfg.dair else self.lstm.project_image(x_flat)
-        shared = cfg.baseline_image == "shared"
-        bl_proj = None
-        if with_baseline and not cfg.dair:
-            bl_proj = image_proj.detach() if shared else self.baseline.project_image(x)
+        with_baseline = with_baseline and self.baseline is not None
+        bl_proj = self.baseline.lstm.project_image(x_flat) if with_baseline and not cfg.dair else None
 
         state = self.lstm.initial_state(b, x)
         bl_state = self.baseline.lstm.initial_state(b, x) if with_baseline else None
@@ -195,7 +233,7 @@ class AIR(nn.Module):
         out = {k: [] for k in ("z_pres", "z_pres_logit", "z_where", "z_where_loc", "z_where_std",
                                "z_what", "z_what_loc", "z_what_std", "baseline")}
         steps = []
-        for _ in range(n):
+        for i in range(n):
             seen = x - canvas if cfg.dair else x
             latents = torch.cat([z_where_prev, z_what_prev, z_pres_prev[:, None]], -1)
             proj = self.lstm.project_image(seen.flatten(1)) if cfg.dair else image_proj
@@ -204,7 +242,9 @@ class AIR(nn.Module):
 
             # z_pres: is there (another) object?  Once 0, always 0.
             logit, where_offset, where_std = self.predict(h)
-            if deterministic:
+            if given_z_pres is not None:
+                z_pres = given_z_pres[:, i].to(logit) * z_pres_prev
+            elif deterministic:
                 z_pres = (logit > 0).to(x) * z_pres_prev
             else:
                 z_pres = torch.bernoulli(torch.sigmoid(logit)).detach() * z_pres_prev
@@ -217,14 +257,8 @@ class AIR(nn.Module):
             z_what = what_loc if deterministic else what_loc + what_std * torch.randn_like(what_loc)
 
             if with_baseline:  # NVIL baseline: the same inputs, none of its gradient reaches the guide
-                bl_latents = latents.detach()
-                if not cfg.dair:
-                    bl_in = bl_proj
-                elif shared:
-                    bl_in = proj.detach()
-                else:
-                    bl_in = self.baseline.project_image(seen.detach())
-                bl_state = self.baseline.lstm(bl_in, bl_latents, bl_state)
+                bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1)) if cfg.dair else bl_proj
+                bl_state = self.baseline.lstm(bl_in, latents.detach(), bl_state)
                 out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
                 step_canvas, _ = self.render(z_what[:, None], z_where[:, None], z_pres[:, None])
@@ -245,15 +279,64 @@ class AIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, train_step: int = 0, use_baseline: bool = True,
              z_pres_prior: torch.Tensor | None = None) -> LossOutput:
-        """Single-sample ELBO of images x (B, 1, H, W) and the surrogate whose gradient estimates its gradient.
+        """The ELBO of images x (B, 1, H, W) and the surrogate whose gradient estimates its gradient.
 
-        ELBO = log p(x | z) - sum_i z_pres_i [KL(z_where_i) + KL(z_what_i)] - sum_i z_pres_{i-1} KL(z_pres_i)
-        with every KL analytic given the sampled z_pres (Dittadi's form); z_pres_0 = 1.
+        ELBO = E_q[log p(x | z)] - KL(q(z | x) || p(z)), with every KL analytic given the count:
+        log p(x | z) - sum_i z_pres_i [KL(z_where_i) + KL(z_what_i)] - KL(q(n) || p(n)).
+
+        How the discrete z_pres enters (``ModelConfig.z_pres_estimator``): ``enumerate`` sums over the N + 1
+        possible counts exactly (:meth:`enumerated_objective`); ``nvil`` samples z_pres and estimates its
+        gradient by the score function with the NVIL baseline (:meth:`objective`, the paper's estimator).
+        Both are the same ELBO: estimates of it for one sample of the continuous latents.
 
         ``z_pres_prior``: the prior's p(z_pres_i = 1 | z_pres_{i-1} = 1), (N,), if already computed (the
         trainer passes it, so that a compiled loss sees a tensor instead of a step number that changes);
         default :meth:`prior` at ``train_step``."""
+        if self.config.z_pres_estimator == "enumerate":
+            q = self.guide(x, z_pres=x.new_ones(x.size(0), self.config.max_steps))
+            return self.enumerated_objective(x, q, train_step, z_pres_prior)
         return self.objective(x, self.guide(x, with_baseline=use_baseline), train_step, z_pres_prior)
+
+    def enumerated_objective(self, x: torch.Tensor, q: GuideOutput, train_step: int = 0,
+                             z_pres_prior: torch.Tensor | None = None) -> LossOutput:
+        """The ELBO with z_pres summed out exactly; q is the guide run with every step present.
+
+        A count n means z_pres = (1, .., 1, 0, ..): the first n objects on the canvas, q(n) = q_1 .. q_n (1 -
+        q_{n+1}). With the continuous latents of the n steps drawn once (reparameterised) and shared by all n,
+
+            ELBO = sum_{n=0..N} q(n) [log p(x | z_1..n) - sum_{i<=n} (KL(z_where_i) + KL(z_what_i))]
+                   - KL(q(n) || p(n)),
+
+        the expectation the paper's single-sample estimator (:meth:`objective`) estimates, with the sum over the
+        N + 1 counts done instead of sampled. Its gradient for the presence logits is therefore exact for the
+        drawn continuous latents: no score function, no baseline. It costs N + 1 likelihoods of the image (the
+        canvases are cumulative sums of the objects the decoder draws anyway)."""
+        cfg = self.config
+        if cfg.dair:  # the canvases after each step, every step present
+            objects_so_far = torch.stack(q.steps, 1)
+        else:
+            objects_so_far = self.draw(q.z_what, q.z_where)[0].cumsum(1)
+        canvases = torch.cat([torch.zeros_like(objects_so_far[:, :1]), objects_so_far], 1)  # (B, N + 1, 1, H, W)
+        log_lik = self.log_likelihood(x[:, None], canvases)  # (B, N + 1): log p(x | the first n objects)
+
+        kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
+        kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
+        object_cost = kl_where + kl_what  # (B, N)
+        object_costs = torch.cat([torch.zeros_like(object_cost[:, :1]), object_cost.cumsum(1)], 1)  # (B, N + 1)
+        prior = self.prior(train_step) if z_pres_prior is None else z_pres_prior
+        log_q_count = count_log_probs(q.z_pres_logit)  # (B, N + 1)
+        log_p_count = count_log_probs(torch.logit(prior.double()).to(log_q_count))  # (N + 1,)
+        q_count = log_q_count.exp()
+        kl_count = (q_count * (log_q_count - log_p_count)).sum(1)
+        elbo = (q_count * (log_lik - object_costs)).sum(1) - kl_count
+
+        present = (q_count.cumsum(1) < 0.5).sum(1)  # the median count under q(n)
+        expected = lambda per_step: (q_count[:, 1:].flip(1).cumsum(1).flip(1) * per_step).sum(1).mean()  # noqa: E731
+        terms = {"log_lik": (q_count * log_lik).sum(1).mean(), "kl_where": expected(kl_where),
+                 "kl_what": expected(kl_what), "kl_pres": kl_count.mean()}
+        return LossOutput(loss=-elbo.mean(), baseline_loss=torch.zeros((), device=x.device),
+                          elbo=elbo.detach(), counts=present.detach().long(),
+                          terms={k: v.detach() for k, v in terms.items()}, per_image_loss=-elbo)
 
     def objective(self, x: torch.Tensor, q: GuideOutput, train_step: int = 0,
                   z_pres_prior: torch.Tensor | None = None) -> LossOutput:
@@ -285,7 +368,7 @@ class AIR(nn.Module):
                  "kl_what": (present * kl_what).sum(1).mean(), "kl_pres": pres_cost.sum(1).mean()}
         return LossOutput(loss=(-elbo + surrogate).mean(), baseline_loss=baseline_loss.mean(),
                           elbo=elbo.detach(), counts=present.sum(1).detach().long(),
-                          terms={k: v.detach() for k, v in terms.items()})
+                          terms={k: v.detach() for k, v in terms.items()}, per_image_loss=-elbo + surrogate)
 
     # ------------------------------------------------------------------------------------------------------
     # Inference API
@@ -306,8 +389,9 @@ class AIR(nn.Module):
             for i in range(0, x_all.size(0), batch_size):
                 x = x_all[i:i + batch_size].to(dev)
                 q = self.guide(x, deterministic=deterministic)
-                canvas, windows = self.render(q.z_what, q.z_where, q.z_pres)
-                parts.append((q, canvas, windows))
+                placed, windows = self.draw(q.z_what, q.z_where)
+                canvas = (placed * q.z_pres[:, :, None, None, None]).sum(1)
+                parts.append((q, canvas, windows, ink_boxes(placed[:, :, 0], q.z_where, cfg)))
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)
         if not parts:
@@ -315,10 +399,12 @@ class AIR(nn.Module):
         z_where = cat(lambda p: p[0].z_where).view(-1, cfg.max_steps, 3)
         z_what = cat(lambda p: p[0].z_what).view(-1, cfg.max_steps, cfg.z_what_dim)
         step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
+        step_object_boxes = cat(lambda p: p[3]).view(-1, cfg.max_steps, 4)
         keep = z_pres.bool()
         return InferenceResult(
             counts=z_pres.sum(1).long(),
             boxes=[step_boxes[j][keep[j]] for j in range(z_pres.size(0))],
+            object_boxes=[step_object_boxes[j][keep[j]] for j in range(z_pres.size(0))],
             z_what=[z_what[j][keep[j]] for j in range(z_pres.size(0))],
             z_where=[z_where[j][keep[j]] for j in range(z_pres.size(0))],
             pres_probs=cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps),
@@ -326,6 +412,25 @@ class AIR(nn.Module):
             step_windows=cat(lambda p: p[2] * p[0].z_pres[:, :, None, None, None]).view(
                 -1, cfg.max_steps, 1, cfg.window_size, cfg.window_size),
             step_boxes=step_boxes, z_pres=z_pres)
+
+    @torch.no_grad()
+    def count_probs(self, images, batch_size: int = 1000) -> torch.Tensor:
+        """q(n | x) for n = 0..N, (B, N + 1): the guide's distribution of the count, exact in z_pres, for one
+        sample of the continuous latents (so its mean over images is an unbiased estimate of E_q[...]).
+
+        ``count_probs(x)[i, n_true[i]]`` averaged is the *sampled* count accuracy, E_q[n = n_true], as Pyro
+        and Dittadi measure it by sampling; :meth:`infer` gives the deterministic count."""
+        from .inputs import as_image_batch
+
+        x_all = as_image_batch(images, self.config.image_size)
+        dev = self.where_prior_loc.device
+        out = []
+        with eval_mode(self):
+            for i in range(0, x_all.size(0), batch_size):
+                x = x_all[i:i + batch_size].to(dev)
+                q = self.guide(x, z_pres=x.new_ones(x.size(0), self.config.max_steps))
+                out.append(count_log_probs(q.z_pres_logit).exp().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.config.max_steps + 1)
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "AIR":

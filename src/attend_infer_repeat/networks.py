@@ -30,22 +30,17 @@ class ImageLSTM(nn.Module):
     ``W_img image + W_lat latents + W_h h + b``). Keeping ``W_img image`` separate lets AIR, whose image is
     the same at every step, compute the largest matrix product once per image instead of once per step."""
 
-    def __init__(self, image_dim: int | None, latent_dim: int, hidden: int):
+    def __init__(self, image_dim: int, latent_dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        # image_dim None: the image projection is supplied from outside (a baseline sharing the guide's)
-        self.image_proj = nn.Linear(image_dim, 4 * hidden) if image_dim else None
+        self.image_proj = nn.Linear(image_dim, 4 * hidden)
         self.latent_proj = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
         bound = 1.0 / hidden ** 0.5  # nn.LSTMCell's initialisation
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
     def project_image(self, image_flat: torch.Tensor) -> torch.Tensor:
-        weight = self.image_proj.weight
-        if image_flat.dtype == weight.dtype:
-            return self.image_proj(image_flat)
-        # a weight stored in bf16 (Baseline.store_image_weights): the product in its precision, in autocast or not
-        return F.linear(image_flat.to(weight.dtype), weight, self.image_proj.bias.to(weight.dtype))
+        return self.image_proj(image_flat)
 
     def forward(self, image_proj: torch.Tensor, latents: torch.Tensor,
                 state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,35 +108,13 @@ class WhatDecoder(nn.Module):
 class Baseline(nn.Module):
     """NVIL's data-dependent baseline (Mnih & Gregor, 2014): its own LSTM over the image and the guide's
     (detached) previous latents, and an MLP to one value per step. Trained by regression to the learning
-    signal; it only reduces the variance of the z_pres gradient, it never changes its expectation.
+    signal; it only reduces the variance of the z_pres gradient, it never changes its expectation. Only the
+    score-function estimator (``z_pres_estimator="nvil"``) has one."""
 
-    ``image_size=None``: no image projection of its own; the baseline LSTM then reads the guide's (detached)
-    projection of the image, which saves a third of the arithmetic and 43% of the parameters.
-    ``pool > 1``: it reads the image average-pooled ``pool x pool`` (a quarter of the pixels for 2)."""
-
-    def __init__(self, image_size: int | None, latent_dim: int, hidden: int, predict_hidden: int, pool: int = 1):
+    def __init__(self, image_dim: int, latent_dim: int, hidden: int, predict_hidden: int):
         super().__init__()
-        self.pool = pool
-        pixels = (-(-image_size // pool)) ** 2 if image_size else None  # ceil: a last partial row/column is kept
-        self.lstm = ImageLSTM(pixels, latent_dim, hidden)
+        self.lstm = ImageLSTM(image_dim, latent_dim, hidden)
         self.head = MLP([hidden, predict_hidden, 1])
-
-    def project_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, H, W) -> the LSTM's image projection (B, 4 * hidden)."""
-        if self.pool > 1:
-            image = F.avg_pool2d(image, self.pool, ceil_mode=True)
-        return self.lstm.project_image(image.flatten(1))
-
-    def store_image_weights(self, dtype: torch.dtype) -> None:
-        """Keep the image projection's weight matrix in ``dtype`` (its gradient and Adam state follow).
-
-        In bf16 training this spares the step the bf16 copy of the fp32 weight, the fp32 copy of its gradient and
-        half of the optimiser's memory traffic for it (~6% of a CPU step). It is an option (``--baseline-weights
-        bf16``), not the default: with it 4 of 5 seeds reached 98% count accuracy (one stayed at 90%), against
-        5 of 5 with fp32. Call before the optimiser is built; loading a state dict converts into it."""
-        if self.lstm.image_proj is not None:
-            weight = self.lstm.image_proj.weight
-            weight.data = weight.data.to(dtype)  # the same Parameter: optimisers and state dicts still find it
 
 
 def _softplus_inverse(y: float) -> float:

@@ -64,10 +64,17 @@ def z_pres_prior_probs(cfg: ModelConfig, train_step: int = 0) -> torch.Tensor:
 
 def count_log_prior(cfg: ModelConfig, train_step: int = 0) -> torch.Tensor:
     """log p(n) for n = 0..N implied by the step-wise prior (used to sample scenes from the prior)."""
-    p = z_pres_prior_probs(cfg, train_step).double()
-    log_continue = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(p).cumsum(0)])
-    log_stop = torch.cat([torch.log1p(-p), torch.zeros(1, dtype=torch.float64)])
-    return (log_continue + log_stop).float()
+    return count_log_probs(torch.logit(z_pres_prior_probs(cfg, train_step).double())).float()
+
+
+def count_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log P(n), n = 0..N, of the count that step-wise presence logits (..., N) imply: z_pres is 1 for the first
+    n steps, then 0 (step N + 1 does not exist, so n = N needs no stop). Shape (..., N + 1), in log space:
+    finite for any logit."""
+    zero = torch.zeros_like(logits[..., :1])
+    log_go = torch.cat([zero, F.logsigmoid(logits).cumsum(-1)], -1)  # log prod_{i<=n} q_i
+    log_stop = torch.cat([F.logsigmoid(-logits), zero], -1)  # log(1 - q_{n+1})
+    return log_go + log_stop
 
 
 def previous_present(z_pres: torch.Tensor) -> torch.Tensor:

@@ -365,6 +365,7 @@ def _subset(result, idx: list[int]):
 
     t = torch.as_tensor(idx, dtype=torch.long)
     return InferenceResult(counts=result.counts[t], boxes=[result.boxes[i] for i in idx],
+                           object_boxes=[result.object_boxes[i] for i in idx],
                            z_what=[result.z_what[i] for i in idx], z_where=[result.z_where[i] for i in idx],
                            pres_probs=result.pres_probs[t], reconstruction=result.reconstruction[t],
                            step_windows=result.step_windows[t], step_boxes=result.step_boxes[t],

@@ -104,6 +104,9 @@ class SceneConfig:
     max_digit_size: int | None = None
     counts: tuple[int, ...] = (0, 1, 2)
     allow_overlap: bool = False
+    # without allow_overlap: the largest IoU two objects' ink boxes may have (0: apart, the paper's data; 0.2:
+    # digits may touch and cross a little)
+    max_overlap: float = 0.0
     seed: int = 0
     dataset: str = "mnist"  # what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites
 
@@ -143,6 +146,11 @@ class SceneConfig:
         if not isinstance(self.allow_overlap, (bool, np.bool_)):
             raise InputError(f"allow_overlap must be True or False, got {self.allow_overlap!r}")
         object.__setattr__(self, "allow_overlap", bool(self.allow_overlap))
+        if isinstance(self.max_overlap, bool) or not isinstance(self.max_overlap, (int, float, np.floating)) \
+                or not 0 <= self.max_overlap < 1:
+            raise InputError(f"max_overlap must be a number in [0, 1) (the largest IoU of two objects' ink boxes), "
+                             f"got {self.max_overlap!r}; allow_overlap=True allows any overlap")
+        object.__setattr__(self, "max_overlap", float(self.max_overlap))
         if not _is_int(self.seed) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
@@ -177,6 +185,8 @@ class SceneConfig:
         d["counts"] = list(self.counts)
         if d["dataset"] == "mnist":  # written only when not the default: older files and cache names stay valid
             del d["dataset"]
+        if d["max_overlap"] == 0.0:
+            del d["max_overlap"]
         return d
 
     def to_json(self) -> str:
@@ -367,16 +377,19 @@ def _ink_boxes_rel(digits, idx, sizes, active) -> np.ndarray:
     return rel
 
 
-def _overlapping(ink: np.ndarray, has_ink: np.ndarray) -> np.ndarray:
-    """(B,) bool: whether any two inked slots of a scene have intersecting ink boxes (B,K,4, exclusive max;
-    boxes that merely touch do not overlap)."""
+def _overlapping(ink: np.ndarray, has_ink: np.ndarray, max_iou: float = 0.0) -> np.ndarray:
+    """(B,) bool: whether any two inked slots of a scene have ink boxes (B,K,4, exclusive max) whose IoU exceeds
+    ``max_iou`` (with 0: whose boxes intersect; boxes that merely touch do not overlap)."""
     bad = np.zeros(len(ink), bool)
     k = ink.shape[1]
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
     for j in range(k):
         for l in range(j + 1, k):
             a, b = ink[:, j], ink[:, l]
-            bad |= (has_ink[:, j] & has_ink[:, l] & (a[:, 0] < b[:, 2]) & (b[:, 0] < a[:, 2])
-                    & (a[:, 1] < b[:, 3]) & (b[:, 1] < a[:, 3]))
+            iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+            ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+            bad |= has_ink[:, j] & has_ink[:, l] & (inter > max_iou * (area(a) + area(b) - inter))
     return bad
 
 
@@ -400,7 +413,7 @@ def _placement_acceptance(digits, config: SceneConfig, k: int, rng: np.random.Ge
     rel = _ink_boxes_rel(digits, idx, sizes, active)
     pos = _draw_positions(rng, sizes, config.canvas_size)
     ink = rel + np.concatenate([pos, pos], axis=-1)
-    return float(1.0 - _overlapping(ink, rel[..., 0] >= 0).mean())
+    return float(1.0 - _overlapping(ink, rel[..., 0] >= 0, config.max_overlap).mean())
 
 
 def _check_inputs(digits: Any, labels: Any, n: Any) -> tuple[np.ndarray, np.ndarray, int]:
@@ -465,7 +478,7 @@ def generate_scenes(
         todo = np.flatnonzero(counts >= 2)
         for round_ in range(1, MAX_ROUNDS + 1):
             ink = rel[todo] + np.concatenate([pos[todo], pos[todo]], axis=-1)
-            todo = todo[_overlapping(ink, rel[todo, :, 0] >= 0)]
+            todo = todo[_overlapping(ink, rel[todo, :, 0] >= 0, config.max_overlap)]
             if len(todo) == 0:
                 break
             if round_ % ROUNDS_PER_DIGIT_DRAW == 0:  # hopeless digit combinations: draw other digits

@@ -32,6 +32,12 @@ from .model import AIR
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
+RESTART_WINDOW = 0.25  # the trap check may start a run again only in this first share of its step budget
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The initialisation seed of a run's attempt after ``attempt`` restarts (0: the run's own seed)."""
+    return seed + 100_003 * attempt
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -268,8 +274,9 @@ def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
     """Adam with two parameter groups: model + guide at ``lr``, the NVIL baseline at ``baseline_lr``."""
     baseline = [p for n, p in model.named_parameters() if n.startswith("baseline.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("baseline.")]
-    groups = [{"params": rest, "lr": cfg.train.lr, "name": "model"},
-              {"params": baseline, "lr": cfg.train.baseline_lr, "name": "baseline"}]
+    groups = [{"params": rest, "lr": cfg.train.lr, "name": "model"}]
+    if baseline:  # the score-function estimator's baseline (the enumerated ELBO has none)
+        groups.append({"params": baseline, "lr": cfg.train.baseline_lr, "name": "baseline"})
     # The fused kernel does the same update in one pass over memory: with ~6M parameters, most of them in
     # the two 2,500-pixel input projections, it makes a whole CPU training step about 1.5x faster.
     device = next(model.parameters()).device
@@ -305,8 +312,6 @@ class Trainer:
             reuse_freed_memory()
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = AIR(cfg.model).to(self.device)
-        if t.baseline_weights == "bf16":
-            self.model.baseline.store_image_weights(torch.bfloat16)
         self.opt = make_optimizer(self.model, cfg)
         # fp16 needs dynamic loss scaling so that small gradients do not underflow (bf16 and fp32 do not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -330,6 +335,7 @@ class Trainer:
         self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient
         self.consecutive_skips = 0
         self.rollbacks = 0  # returns to the last good checkpoint after runs of non-finite steps
+        self.restarts: list[dict] = []  # attempts given up because the trap check found a trap in them
         self.lr_scale = 1.0  # halved by each rollback
         self.events: list[dict] = []  # rollbacks, written to metrics.jsonl by the loop
         self.train_s = 0.0
@@ -354,6 +360,7 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "step": self.step, "train_seconds": self.train_s, "best": dict(self.best),
                 "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
+                "restarts": json.dumps(self.restarts),
                 "rng": {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "data_order": {"perm": self.perm, "pos": self.pos}}
@@ -404,6 +411,7 @@ class Trainer:
         self.step, self.train_s, self.best = state["step"], state["train_seconds"], state["best"]
         self.skipped_steps = state.get("skipped_steps", 0)
         self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
+        self.restarts = json.loads(state.get("restarts", "[]"))
         torch.set_rng_state(state["rng"]["torch"])
         self.order_gen.set_state(state["rng"]["order"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -551,6 +559,42 @@ class Trainer:
         with seeded(self.cfg.train.seed + 2, self.device):
             return evaluate_counts(self.model, d.test_images[:n], counts, train_step=self.step)
 
+    def check_traps(self) -> dict:
+        """The trap check (diagnose.check_traps, no labels) on the first ``eval_size`` held-out images."""
+        from .diagnose import check_traps
+
+        images = self.data.test_images[:self.cfg.train.eval_size]
+        with seeded(self.cfg.train.seed + 3, self.device):
+            return check_traps(self.model, images)
+
+    def restart(self, found: list[dict]) -> None:
+        """Give up this attempt (its trap check found ``found``) and start again from new initial weights.
+
+        The step count, optimiser, schedule and best checkpoint start afresh; the clock and the data order go on.
+        The attempt's metrics are kept as ``attempt-K.metrics.jsonl`` beside the new ones."""
+        t = self.cfg.train
+        self.restarts.append({"step": self.step, "traps": found})
+        k = len(self.restarts)
+        torch.manual_seed(attempt_seed(t.seed, k))  # the same new weights in every process
+        fresh = AIR(self.cfg.model).to(self.device)
+        self.model.load_state_dict(fresh.state_dict())  # in place: a compiled loss stays valid
+        self.opt = make_optimizer(self.model, self.cfg)
+        if self.world > 1:
+            torch.manual_seed(rank_seed(attempt_seed(t.seed, k), self.rank))
+        self.step, self.lr_scale, self.consecutive_skips = 0, 1.0, 0
+        self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
+        names = ", ".join(f["name"] for f in found)
+        message = (f"the trap check after step {self.restarts[-1]['step']} found {names}; starting again from new "
+                   f"initial weights (attempt {k + 1} of at most {t.restarts + 1})")
+        if self.is_main:
+            for name in ("best.pt", "last.pt"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.exists():
+                metrics.replace(self.run_dir / f"attempt-{k}.metrics.jsonl")
+            print(f"\nair train: {message}", file=sys.stderr)
+        self.events.append({"kind": "restart", "step": 0, "attempt": k + 1, "message": message, "traps": found})
+
     # ------------------------------------------------------------------------------------------- the loop
     def _catch_ctrl_c(self):
         """The first Ctrl-C asks the loop to stop after the step in progress (so the checkpoint and the
@@ -645,6 +689,12 @@ class Trainer:
                     if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
+                if self.step % t.eval_every == 0 and len(self.restarts) < t.restarts and \
+                        self.step <= RESTART_WINDOW * t.steps:
+                    found = self.check_traps()["traps"] if self.is_main else []
+                    if self.all_agree(bool(found)):
+                        self.restart(found)
+                        continue
                 if self.step % t.checkpoint_every == 0:
                     self.save("last.pt")
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside the main thread's handler
@@ -666,6 +716,9 @@ class Trainer:
             return {"rank": self.rank, "steps": self.step, "run_dir": str(self.run_dir)}
 
         final = self.evaluate()  # the whole held-out set
+        traps = self.check_traps()
+        for trap in traps["traps"]:
+            print(f"air train: WARNING: trap '{trap['name']}': {trap['message']}", file=sys.stderr)
         if _rank_key(final) >= _rank_key(self.best) or \
                 not (self.run_dir / "best.pt").exists():
             self.best = {"count_acc": final["count_acc"], "elbo": final["elbo"], "step": self.step}
@@ -681,6 +734,7 @@ class Trainer:
                    "precision": self.precision, "compiled": self.compiled_loss is not None,
                    "compile_seconds": None if self.compile_seconds is None else round(self.compile_seconds, 2),
                    "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks,
+                   "traps": traps["traps"], "trap_rates": traps["rates"], "restarts": self.restarts,
                    "peak_rss_gib": round(peak_rss_gib(), 2)}
         text = json.dumps(summary, indent=2)
         atomic_write_bytes(self.run_dir / "summary.json", lambda f: f.write(text.encode()))
