@@ -3,9 +3,9 @@
 Three trainers, timed in interleaved blocks of 10 steps (the machines drift by 10-40% within minutes, so only
 interleaved times compare), median block reported:
   * ``full``: the eager step (``--compile off``);
-  * ``image_weights_frozen``: the same, but the two 2,500-pixel image projections (the guide's and the NVIL
-    baseline's) take no gradient and no Adam update: full minus this is their backward, finiteness check and
-    optimiser cost;
+  * ``image_weights_frozen``: the same, but the 2,500-pixel image projections (the guide's, and the NVIL
+    baseline's where ``--z-pres-estimator nvil`` has one) take no gradient and no Adam update: full minus this is
+    their backward, finiteness check and optimiser cost;
   * ``no_image_projections``: those projections replaced by zeros: frozen minus this is their forward.
 These are ablations for measuring, not models to train. Also timed, alternating on the same real gradients:
 the gradient finiteness check as norms of every gradient (the earlier rule) and as one sum per gradient
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 
 def drop_image_weights(tr, replace_by_zeros: bool) -> None:
     """Take the image projections' weights out of training (and, if asked, the projections themselves)."""
-    for lstm in (tr.model.lstm, tr.model.baseline.lstm):
+    for lstm in [tr.model.lstm] + ([tr.model.baseline.lstm] if tr.model.baseline is not None else []):
         for p in lstm.image_proj.parameters():
             p.requires_grad_(False)
         if replace_by_zeros:

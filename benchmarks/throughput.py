@@ -11,10 +11,10 @@ loss, ``air train``'s default, and the compiled one of ``air train --compile aut
 default) also times the two at batch 64 in interleaved blocks, the fairest comparison on a drifting machine, and
 the anchor rounds pair each anchor measurement with one of each.
 
-With ``--baseline-images own,pooled,shared`` it also compares the NVIL baseline's image inputs (see
-``ModelConfig.baseline_image``) at batch 64: one trainer per setting, timed in interleaved blocks of 10 steps
-so that the machine's drift affects all of them alike; the median block is reported. ``--baseline-weights
-fp32,bf16`` does the same for the storage of the baseline's image-projection weights.
+``--estimators enumerate,nvil`` (the default) compares the z_pres gradient estimators (``ModelConfig.z_pres_estimator``:
+the enumerated ELBO, ``air train``'s default, and the score function with its NVIL baseline) at batch 64: one
+trainer per setting, timed in interleaved blocks of 10 steps so that the machine's drift affects all of them
+alike; the median block is reported.
 
 With ``--anchor PATH/run_pyro.py`` (the Pyro AIR example, see shared/anchors) it also measures the anchor's
 images/s in the same run on the same machine, so the speed-up is a ratio, not two numbers from two days; and then
@@ -23,8 +23,7 @@ keeps the machine's drift between the two measurements out of the ratio.
 
 usage: python benchmarks/throughput.py [--batch-sizes 32,64,128,256] [--seconds 20] [--precision fp32,bf16]
                                        [--compile off,auto] [--compile-ab off,auto]
-                                       [--threads 2] [--baseline-images own,pooled,shared]
-                                       [--baseline-weights fp32,bf16]
+                                       [--threads 2] [--estimators enumerate,nvil]
                                        [--anchor /path/run_pyro.py] [--anchor-rounds 3] [--out FILE]
 """
 from __future__ import annotations
@@ -32,9 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +45,8 @@ from attend_infer_repeat.scenes import SceneConfig, make_scenes
 from attend_infer_repeat.train import Data, Trainer
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import machine  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -170,8 +170,8 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.T
 
 
 def settings_ab(data: Data, field: str, settings: list[str], precision: str, blocks: int = 14) -> dict:
-    """images/s at batch 64 for each setting of a ModelConfig or TrainConfig field (baseline_image,
-    baseline_weights, compile), timed in interleaved blocks of 10 steps (after each has taken its first step, which
+    """images/s at batch 64 for each setting of a ModelConfig or TrainConfig field (z_pres_estimator, compile),
+    timed in interleaved blocks of 10 steps (after each has taken its first step, which
     is where a compiled one compiles)."""
     in_train = field in TrainConfig.__dataclass_fields__
     trainers = {b: make_trainer(data, 64, precision, train_options={field: b}) if in_train
@@ -195,10 +195,8 @@ def main() -> None:
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32 and/or bf16")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per setting (after warm-up)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--baseline-images", help="also compare these baseline_image settings at batch 64 (interleaved), "
-                   "e.g. own,pooled,shared")
-    p.add_argument("--baseline-weights", help="also compare these baseline_weights settings at batch 64 "
-                   "(interleaved), e.g. fp32,bf16")
+    p.add_argument("--estimators", default="enumerate,nvil",
+                   help="compare these z_pres_estimator settings at batch 64 (interleaved; '' to skip)")
     p.add_argument("--compile", default="off,auto",
                    help="comma-separated TrainConfig.compile settings to time every batch size and precision with "
                    "(auto: compiled where a C++ compiler is found; off: eager)")
@@ -220,13 +218,7 @@ def main() -> None:
     data = Data(torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts), torch.from_numpy(scenes.images[:64]),
                 torch.from_numpy(scenes.counts[:64]))
     precisions = a.precision.split(",")
-    cpu = ""
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        pass
-    result = {"benchmark": "throughput", "threads": a.threads,
-              "machine": {"cpus": os.cpu_count(), "cpu": cpu or platform.processor(), "torch": torch.__version__},
+    result = {"benchmark": "throughput", "threads": a.threads, "machine": machine(),
               "model": "defaults: N=3, LSTM 256, z_what 50, window 28, 50x50 images",
               "matmul_peak_gflops": {"fp32": round(matmul_peak(torch.float32), 1)}}
     if "bf16" in precisions:
@@ -240,16 +232,12 @@ def main() -> None:
             r["fraction_of_peak"] = round(r["achieved_gflops"] / result["matmul_peak_gflops"][pr], 3)
             print(json.dumps(r), flush=True)
             result["runs"].append(r)
-    if a.baseline_images:
-        result["baseline_image_ab"] = settings_ab(data, "baseline_image", a.baseline_images.split(","), precisions[-1])
-        print(json.dumps(result["baseline_image_ab"]), flush=True)
+    if a.estimators:
+        result["estimator_ab"] = settings_ab(data, "z_pres_estimator", a.estimators.split(","), precisions[-1])
+        print(json.dumps(result["estimator_ab"]), flush=True)
     if a.compile_ab:
         result["compile_ab"] = settings_ab(data, "compile", a.compile_ab.split(","), precisions[-1])
         print(json.dumps(result["compile_ab"]), flush=True)
-    if a.baseline_weights:
-        result["baseline_weights_ab"] = settings_ab(data, "baseline_weights", a.baseline_weights.split(","),
-                                                    precisions[-1])
-        print(json.dumps(result["baseline_weights_ab"]), flush=True)
     if a.anchor:
         result["anchor"] = anchor_throughput(a.anchor, a.anchor_seconds, a.threads)
         if "images_per_s" in result["anchor"]:

@@ -92,7 +92,12 @@ def main() -> None:
         vals = [r[key] for r in ok]
         return statistics.median([v if v is not None else float("inf") for v in vals]) if vals else None
 
-    result = {"benchmark": "time_to_accuracy", "command": "air train " + " ".join(extra),
+    sys.path.insert(0, str(HERE))
+    from common import machine
+
+    result = {"benchmark": "time_to_accuracy", "command": "air train " + " ".join(extra), "machine": machine(),
+              "precision": sorted({r["final"]["precision"] for r in ok}),
+              "compiled": sorted({r["final"]["compiled"] for r in ok}),
               "eval_every": a.eval_every, "eval_size": a.eval_size, "cpus": os.cpu_count(),
               "compile_cache": a.compile_cache,
               "compile_seconds": [r["final"].get("compile_seconds") for r in ok], "runs": runs,

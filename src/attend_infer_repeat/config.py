@@ -64,8 +64,9 @@ class ModelConfig:
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
     # How training treats the discrete z_pres: "enumerate" sums the ELBO over the N + 1 possible counts exactly
-    # (AIR.enumerated_objective); "nvil" samples it and uses the score function with the NVIL baseline (the paper)
-    z_pres_estimator: str = "nvil"
+    # (AIR.enumerated_objective: an exact gradient for the presence probabilities, no baseline); "nvil" samples
+    # z_pres and uses the score function with the NVIL baseline, as the paper does
+    z_pres_estimator: str = "enumerate"
     # Likelihood p(x | z)
     likelihood: str = "gaussian"
     likelihood_sigma: float = 0.3
@@ -131,8 +132,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
-    # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels)
-    # finds a known bad optimum at an evaluation in the first quarter of its step budget
+    # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels) finds
+    # a known bad optimum at the first evaluation from a sixth of its step budget on (if before a quarter of it)
     restarts: int = 2
     eval_size: int = 2000  # held-out scenes scored at each evaluation (the final evaluation uses all)
     checkpoint_every: int = 1000

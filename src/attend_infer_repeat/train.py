@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
 from .config import RunConfig
+from .diagnose import RESTART_TRAPS
 from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import AIR
@@ -32,7 +33,9 @@ from .model import AIR
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
-RESTART_WINDOW = 0.25  # the trap check may start a run again only in this first share of its step budget
+RESTART_AT, RESTART_WINDOW = 1 / 6, 1 / 4  # the early trap check: the first evaluation from 1/6 of the step budget
+# on, if that comes before 1/4 of it (one check per attempt: a model this far in is past its first minutes of
+# learning, and starting again costs at most a quarter of the budget)
 
 
 def attempt_seed(seed: int, attempt: int) -> int:
@@ -567,6 +570,12 @@ class Trainer:
         with seeded(self.cfg.train.seed + 3, self.device):
             return check_traps(self.model, images)
 
+    def trap_check_step(self) -> int | None:
+        """The step of this attempt's early trap check (None: no evaluation falls in the window)."""
+        t = self.cfg.train
+        step = math.ceil(RESTART_AT * t.steps / t.eval_every) * t.eval_every
+        return step if step <= RESTART_WINDOW * t.steps else None
+
     def restart(self, found: list[dict]) -> None:
         """Give up this attempt (its trap check found ``found``) and start again from new initial weights.
 
@@ -689,9 +698,9 @@ class Trainer:
                     if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
-                if self.step % t.eval_every == 0 and len(self.restarts) < t.restarts and \
-                        self.step <= RESTART_WINDOW * t.steps:
-                    found = self.check_traps()["traps"] if self.is_main else []
+                if self.step == self.trap_check_step() and len(self.restarts) < t.restarts:
+                    found = [trap for trap in self.check_traps()["traps"] if trap["name"] in RESTART_TRAPS] \
+                        if self.is_main else []
                     if self.all_agree(bool(found)):
                         self.restart(found)
                         continue
