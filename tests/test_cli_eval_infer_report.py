@@ -105,6 +105,7 @@ def test_infer_many_kinds(run_dir, tmp_path, capsys):
             im.verify()
         for obj in rec["objects"]:
             assert len(obj["box"]) == 4 and len(obj["z_what"]) == 4 and 0 <= obj["presence_prob"] <= 1
+            assert len(obj["object_box"]) == 4  # what the object draws, in the same (original) pixels
     # a folder: the same files, sorted
     assert main(["infer", str(run_dir), str(src), "--out", str(tmp_path / "out2"), "--no-overlays"]) == 0
     assert len(json.loads((tmp_path / "out2" / "results.json").read_text())["images"]) == 9

@@ -115,3 +115,43 @@ def test_evaluate_on_scenes_scores_frame_and_ink_boxes(tiny_config):
     assert {"localisation", "localisation_ink"} <= set(out)
     assert out["localisation"]["true_boxes"] == out["localisation_ink"]["true_boxes"] == 16
     assert "ink boxes" in format_table(out)
+
+
+def test_evaluate_reports_drawn_object_boxes_sampled_accuracy_and_traps(tiny_config):
+    """Scenes get the boxes of what each object draws scored against the ink boxes, the sampled count accuracy
+    E_q[n = n_true] (q(n) exact, averaged over images) beside the deterministic one, and the trap check."""
+    from attend_infer_repeat.evaluate import seeded
+    from attend_infer_repeat.scenes import SceneConfig, generate_scenes
+
+    g = np.random.default_rng(0)
+    digits = np.zeros((50, 28, 28), np.uint8)
+    digits[:, 8:20, 10:18] = 255
+    scenes = generate_scenes(digits, g.integers(0, 10, 50), 24,
+                             SceneConfig(canvas_size=20, digit_size=10, counts=(0, 1), seed=1))
+    model = AIR(tiny_config)
+    out = evaluate(model, scenes, iw_samples=0, seed=3)
+    assert out["localisation_objects"]["true_boxes"] == int(scenes.counts.sum())
+    with seeded(3, torch.device("cpu")):
+        probs = model.count_probs(scenes.float_images())
+    want = float(probs[torch.arange(24), torch.as_tensor(scenes.counts)].mean())
+    assert abs(out["sampled_count_acc"] - want) < 1e-6 and 0 <= want <= 1
+    assert torch.allclose(probs.sum(1), torch.ones(24))
+    assert {t["name"] for t in out["traps"]} <= set(out["trap_rates"])
+    table = format_table(out)
+    assert "sampled count accuracy" in table and "drawn objects vs ink" in table and "trap check" in table
+
+
+def test_object_boxes_are_the_tight_boxes_of_what_each_object_draws():
+    from attend_infer_repeat.config import ModelConfig
+    from attend_infer_repeat.model import OBJECT_INK_THRESHOLD, ink_boxes
+
+    objects = torch.zeros(2, 3, 20, 20)
+    objects[0, 0, 4:9, 2:12] = 0.9  # rows 4-8, columns 2-11
+    objects[0, 1, 10, 15] = OBJECT_INK_THRESHOLD  # one pixel just bright enough
+    objects[0, 2] = OBJECT_INK_THRESHOLD / 2  # faint everywhere: nothing drawn
+    z_where = torch.zeros(2, 3, 3)
+    z_where[0, 2] = torch.tensor([2.0, 0.5, -0.5])  # centre at pixel (15, 5)
+    boxes = ink_boxes(objects, z_where, ModelConfig(image_size=20))
+    assert boxes[0, 0].tolist() == [2, 4, 12, 9]
+    assert boxes[0, 1].tolist() == [15, 10, 16, 11]
+    assert boxes[0, 2].tolist() == [15, 5, 15, 5]  # empty, at the window's centre

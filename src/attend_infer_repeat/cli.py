@@ -424,7 +424,9 @@ def _run_infer(args) -> int:
     for i, (src, prep) in enumerate(zip(sources, prepared)):
         steps = np.flatnonzero(result.z_pres[i].numpy() > 0).tolist()
         boxes = prep.to_original(result.step_boxes[i].numpy()) if steps else np.zeros((0, 4))
+        drawn = prep.to_original(result.object_boxes[i].numpy()) if steps else np.zeros((0, 4))
         objects = [{"step": k + 1, "box": [round(float(v), 2) for v in boxes[k]],
+                    "object_box": [round(float(v), 2) for v in drawn[j]],
                     "presence_prob": round(float(result.pres_probs[i, k]), 4),
                     "z_where": [round(float(v), 5) for v in result.z_where[i][j]],
                     "z_what": [round(float(v), 5) for v in result.z_what[i][j]]}

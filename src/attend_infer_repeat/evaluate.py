@@ -355,6 +355,11 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
             out["iw_images"] = m
             out["elbo_on_iw_images"] = float(elbo_t[:m].mean())
             out["iw_seconds"] = round(time.perf_counter() - t1, 2)
+    from .diagnose import check_traps
+
+    with seeded(seed, dev):
+        traps = check_traps(model, x, batch_size=batch_size)
+    out["traps"], out["trap_rates"] = traps["traps"], traps["rates"]
     out["per_image_predicted_count"] = pred.tolist()
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
@@ -365,8 +370,6 @@ def format_table(result: dict) -> str:
     lines = [f"scenes evaluated:        {result['n']}"]
     if "count_acc" in result:
         lines.append(f"count accuracy:          {result['count_acc']:.4f}  (deterministic: z_pres = [q > 0.5])")
-        if "sampled_count_acc" in result:
-            lines.append(f"sampled count accuracy:  {result['sampled_count_acc']:.4f}  (E_q[n = true count])")
         for c, acc in result["count_acc_per_true_count"].items():
             lines.append(f"  true count {c}:          {acc:.4f}  ({result['true_count_histogram'][int(c)]} scenes)")
         cm = result["confusion"]
@@ -375,6 +378,9 @@ def format_table(result: dict) -> str:
         lines.append("      " + "".join(f"{p:>{width}}" for p in range(len(cm))))
         for t, row in enumerate(cm):
             lines.append(f"  {t:>3} " + "".join(f"{v:>{width}}" for v in row))
+        if "sampled_count_acc" in result:
+            lines.append(f"sampled count accuracy:  {result['sampled_count_acc']:.4f}  (E_q[n = true count], as Pyro "
+                         "and Dittadi measure it)")
     else:
         lines.append("found counts:            " + ", ".join(
             f"{c}: {v}" for c, v in enumerate(result["predicted_count_histogram"])))
@@ -400,6 +406,11 @@ def format_table(result: dict) -> str:
         lines.append(f"IW log p(x), K={result['iw_samples']}:   {result['iw_log_px']:.2f}  (first "
                      f"{result['iw_images']} scenes; their ELBO {result['elbo_on_iw_images']:.2f}; "
                      f"{result['iw_seconds']:.1f} s)")
+    if "traps" in result:
+        found = result["traps"]
+        lines.append("trap check:              " + ("no known trap found" if not found else
+                                                  f"{len(found)} trap(s) found:"))
+        lines.extend(f"  {t['name']}: {t['message']}" for t in found)
     lines.append(f"time:                    {result['seconds']:.1f} s")
     return "\n".join(lines)
 

@@ -12,9 +12,13 @@ Read it in three parts, each in one place:
    ``z_pres ~ Bern`` (0 once it has been 0), ``z_where ~ N``, crops that window and encodes it into
    ``z_what ~ N``.
 3. **Objective** (:meth:`AIR.loss`): the ELBO ``E_q[log p(x|z)] - KL(q(z|x) || p(z))`` with analytic KL terms,
-   masked after the first absent object; reparameterised gradients for z_where and z_what, and for z_pres a
-   score-function estimator with a learned data-dependent baseline (NVIL), each step's term using only the
-   costs that step influences.
+   masked after the first absent object; reparameterised gradients for z_where and z_what. The discrete z_pres
+   has N + 1 possible values (a count n is n ones, then zeros), so by default the ELBO is summed over all of them
+   exactly (:meth:`AIR.enumerated_objective`: one guide run serves every count, and the presence probabilities
+   get an exact gradient). The paper's estimator is there too (``z_pres_estimator="nvil"``,
+   :meth:`AIR.objective`): z_pres sampled, its gradient by the score function with a learned data-dependent
+   baseline (NVIL), each step's term using only the costs that step influences. Both estimate the same ELBO of
+   the same model; only the variance of the gradient differs.
 """
 from __future__ import annotations
 
