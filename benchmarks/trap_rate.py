@@ -1,0 +1,101 @@
+"""How often a first attempt falls into a known trap, per setting: the share of seeds whose early trap check (the
+one `air train` runs at step 1,000 of its 6,000-step schedule, diagnose.py, no labels) finds a trap that makes the
+trainer start again. Each seed trains only up to that check (eagerly, on the default schedule), so a setting's
+base rate costs about a sixth of a full sweep. The held-out count accuracy at the check is recorded beside it, to
+see that a flagged attempt really is a bad one.
+
+usage: python benchmarks/trap_rate.py [--seeds 0-19] [--setting NAME key=value ...] [--out FILE]
+e.g.   python benchmarks/trap_rate.py --setting default --setting zoom2.5 scale_prior_mean=2.5
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def parse_settings(items: list[list[str]] | None) -> dict[str, dict]:
+    """[['default'], ['zoom2.5', 'scale_prior_mean=2.5']] -> {'default': {}, 'zoom2.5': {...}}: the values are
+    ModelConfig or TrainConfig fields, read as JSON where they parse (numbers, true/false), else as strings."""
+    settings = {}
+    for name, *pairs in items or [["default"]]:
+        fields = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            try:
+                fields[key] = json.loads(value)
+            except json.JSONDecodeError:
+                fields[key] = value
+        settings[name] = fields
+    return settings
+
+
+def first_check(seed: int, overrides: dict, threads: int) -> dict:
+    """Train ``seed`` with ``overrides`` up to its early trap check and return what the check found."""
+    import torch
+
+    from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+    from attend_infer_repeat.diagnose import RESTART_TRAPS
+    from attend_infer_repeat.train import Trainer
+
+    torch.set_num_threads(threads)
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    model = ModelConfig(**{k: v for k, v in overrides.items() if k in model_keys})
+    train = TrainConfig(**{"compile": "off", "seed": seed, "restarts": 1,
+                           **{k: v for k, v in overrides.items() if k not in model_keys}})
+    found: dict = {}
+
+    class StopAtCheck(Trainer):
+        def check_traps(self):
+            report = super().check_traps()
+            found.update(step=self.step, traps=[t["name"] for t in report["traps"] if t["name"] in RESTART_TRAPS],
+                         rates=report.get("rates", report.get("trap_rates")), count_acc=self.evaluate(
+                             self.cfg.train.eval_size)["count_acc"])
+            self.stop_requested = True  # the attempt's fate is decided here; the rest of the schedule is not needed
+            return {"traps": []}
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as run_dir:
+        StopAtCheck(RunConfig(model=model, train=train), run_dir, progress=False).fit()
+    return {"seed": seed, **found, "trapped": bool(found.get("traps")), "minutes": round((time.time() - t0) / 60, 2)}
+
+
+def main() -> None:
+    from accuracy import parse_seeds
+    from common import machine
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0-19")
+    p.add_argument("--setting", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
+                   help="a named setting: ModelConfig/TrainConfig fields that differ from the defaults (repeatable)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(HERE / "results" / "trap_rate.json"))
+    args = p.parse_args()
+    settings = parse_settings(args.setting)
+    out = {"benchmark": "trap_rate", "machine": machine(), "seeds": parse_seeds(args.seeds), "settings": settings,
+           "results": {name: [] for name in settings}}
+    for seed in out["seeds"]:  # seeds outermost: the settings meet the same drift of the machine
+        for name, overrides in settings.items():
+            result = first_check(seed, overrides, args.threads)
+            out["results"][name].append(result)
+            print(f"{name} seed {seed}: {'TRAPPED ' + ','.join(result['traps']) if result['trapped'] else 'ok'} "
+                  f"(count accuracy {result.get('count_acc')} at step {result.get('step')}, {result['minutes']} min)",
+                  flush=True)
+            out["summary"] = {n: {"attempts": len(r), "trapped": sum(x["trapped"] for x in r),
+                                  "count_acc_at_check_trapped": sorted(x["count_acc"] for x in r if x["trapped"]),
+                                  "count_acc_at_check_ok_min": min((x["count_acc"] for x in r if not x["trapped"]),
+                                                                   default=None)}
+                              for n, r in out["results"].items()}
+            Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
