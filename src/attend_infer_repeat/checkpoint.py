@@ -79,8 +79,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     state = load_checkpoint(p)
     try:
         config = RunConfig.from_dict(state["config"])
-    except (InputError, TypeError) as e:
+    except (InputError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
+    from .train import pick_device
+
+    device = pick_device(device) if isinstance(device, str) else device
     model = AIR(config.model)
     weights = state["model"]
     if _baseline_differs(model, weights):
@@ -89,6 +92,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
         model.baseline = None
         weights = {k: v for k, v in weights.items() if not k.startswith("baseline.")}
     check_state_dict(model, weights, p)
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{p}: the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                              f"{', ...' if len(broken) > 3 else ''}); the run diverged or the file was damaged: "
+                              "use an earlier checkpoint (best.pt) or train again")
     model.load_state_dict(weights)
     step = state.get("step", 0)
     return model.to(device).eval(), config, int(step) if isinstance(step, int) else 0
@@ -107,6 +115,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:
     """Refuse weights whose names or shapes do not match the model, with a message listing the differences."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a mapping of weight names to tensors")
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

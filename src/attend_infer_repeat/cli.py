@@ -32,6 +32,28 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (pick a free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0 picks a free one), got {text!r}")
+    return value
+
+
 def _counts(text: str) -> tuple[int, ...]:
     """'0,1,2' -> (0, 1, 2)."""
     try:
@@ -79,6 +101,9 @@ def _add_data(sub) -> None:
                    help="comma-separated possible numbers of digits per scene, drawn uniformly (default: 0,1,2)")
     p.add_argument("--allow-overlap", action="store_true",
                    help="let digits overlap (pixels combined with max); by default their ink boxes are disjoint")
+    p.add_argument("--max-overlap", type=_fraction, default=0.0, metavar="IOU",
+                   help="without --allow-overlap: the largest IoU two digits' ink boxes may have (default: 0, "
+                   "apart as in the paper; 0.2 lets digits touch and cross a little)")
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="INT",
                    help="random seed; the same seed, split and "
                    "options give the same scenes (default: 0)")
@@ -107,12 +132,27 @@ def _run_data(args) -> int:
 
     from .config import object_sizes
 
+    from .errors import InputError
+    from .files import ensure_writable
+    from .scenes import check_scene_budget
+
     size, max_size = object_sizes(args.dataset, args.digit_size, args.max_digit_size)
     config = SceneConfig(canvas_size=args.canvas_size, digit_size=size, max_digit_size=max_size,
-                         counts=args.counts, allow_overlap=args.allow_overlap, seed=args.seed,
-                         dataset=args.dataset)
+                         counts=args.counts, allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
+                         seed=args.seed, dataset=args.dataset)
     n = args.n if args.n is not None else (60000 if args.split == "train" else 10000)
+    check_scene_budget(n, config)
     out = Path(args.out)
+    if out.suffix.lower() != ".npz":  # the preview's default name is OUT with .png: it must not be OUT itself
+        raise InputError(f"the scenes are written as a .npz file: name one ending in .npz, not {out.name!r} "
+                         "(the preview PNG is written beside it, or where --preview says)")
+    preview = None
+    if args.preview_n > 0:
+        preview = Path(args.preview) if args.preview else out.with_suffix(".png")
+        if preview.resolve() == out.resolve():
+            raise InputError(f"--preview {preview} is the scene file itself; give the preview another name")
+        ensure_writable(preview)
+    ensure_writable(out)
     # Progress of slow steps (CSV parsing, downloads) goes to stderr while this command runs.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("air data: %(message)s"))
@@ -128,9 +168,9 @@ def _run_data(args) -> int:
     finally:
         mnist_log.removeHandler(handler)
         mnist_log.setLevel(old_level)
-    preview = None
-    if args.preview_n > 0 and len(scenes) > 0:
-        preview = Path(args.preview) if args.preview else out.with_suffix(".png")
+    if preview is not None and len(scenes) == 0:
+        preview = None
+    if preview is not None:
         k = min(args.preview_n, len(scenes))
         draw_scene_grid(scenes.images[:k], scenes.boxes[:k], preview,
                         captions=[str(int(c)) for c in scenes.counts[:k]])
@@ -146,7 +186,9 @@ def _run_data(args) -> int:
 def _add_train(sub) -> None:
     from .config import ModelConfig, TrainConfig
 
-    m, t = ModelConfig(), TrainConfig()
+    from .config import compile_default
+
+    m, t = ModelConfig(), TrainConfig(compile="auto")  # AIR_COMPILE is checked when a run is configured
     p = sub.add_parser(
         "train", help="train AIR on multi-MNIST, Multi-Fashion-MNIST, sprites or your own images (or continue a "
         "run with --resume)",
@@ -159,17 +201,21 @@ def _add_train(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="where to write the run (default: runs/air-DATE-TIME)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
-    g.add_argument("--steps", type=int, default=t.steps, help="training budget in optimiser steps")
-    g.add_argument("--minutes", type=float, default=t.minutes,
-                   help="training budget in wall-clock minutes (the run ends at whichever budget comes first)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last.pt, with its own configuration and budget "
+                   "(--steps/--minutes given with --resume set a new budget)")
+    g.add_argument("--steps", type=int, default=None,
+                   help=f"training budget in optimiser steps (default: {t.steps})")
+    g.add_argument("--minutes", type=float, default=None,
+                   help="training budget in wall-clock minutes (the run ends at whichever budget comes first; "
+                   "default: none)")
     g.add_argument("--seed", type=int, default=t.seed, help="random seed of initialisation and training")
     g.add_argument("--device", default=t.device, help="auto, cpu, cuda or mps (auto picks a GPU when present)")
     g.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=t.precision,
                    help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
                    "fp16 (with loss scaling) is for GPUs without bf16")
-    g.add_argument("--compile", choices=("auto", "on", "off"), default=t.compile,
+    g.add_argument("--compile", choices=("auto", "on", "off"), default=compile_default(),
                    help="torch.compile the training loss: ~1.4x faster CPU steps at batch 64 after a one-time "
                    "compile (~40 s the first time on a machine, seconds later). auto (default, or $AIR_COMPILE): "
                    "on CPUs with a C++ compiler, falling back to eager with a warning where compiling fails; on: "
@@ -248,7 +294,7 @@ def _add_train(sub) -> None:
     g.add_argument("--scale-prior-std", type=float, default=m.scale_prior_std, help="prior std of the zoom s")
     g.add_argument("--shift-prior-std", type=float, default=m.shift_prior_std,
                    help="prior std of the window centre (normalised coordinates)")
-    p.set_defaults(func=_run_train)
+    p.set_defaults(func=_run_train, parser=p)
 
 
 def _run_train(args) -> int:
@@ -280,14 +326,10 @@ def _run_train(args) -> int:
                         scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
     run_dir = args.run_dir or default_run_dir()
     if args.resume:
-        if not args.run_dir:
-            raise InputError("--resume needs --run-dir: the run to continue")
-        from .checkpoint import load_checkpoint
-        cfg = RunConfig.from_dict(load_checkpoint(f"{run_dir}/last.pt")["config"])
-        # a resumed run may extend its budget, nothing else
-        cfg.train.steps, cfg.train.minutes = args.steps, args.minutes
+        cfg = _resumed_config(args)
     else:
-        train_cfg = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        train_cfg = TrainConfig(steps=args.steps if args.steps is not None else TrainConfig.steps,
+                                minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                                 baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
                                 restarts=args.restarts,
                                 precision=args.precision,
@@ -327,6 +369,64 @@ def _run_train(args) -> int:
     return 0
 
 
+#: options a resumed run takes from the command line: where and how it runs, not what it trains
+_RESUME_OPTIONS = {"run_dir", "resume", "steps", "minutes", "no_progress", "threads", "device", "compile"}
+
+
+def _resumed_config(args):
+    """The configuration of the run ``air train --resume`` continues: its own, budget included. An explicit
+    --steps or --minutes sets a new budget (the other one given alone is kept); a run that has already spent
+    its budget is refused, so that its checkpoints are never touched by a resume that has nothing to do."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .config import RunConfig
+    from .errors import CheckpointError, InputError
+
+    if not args.run_dir:
+        raise InputError("--resume needs --run-dir: the run to continue")
+    run = Path(args.run_dir)
+    last = run / "last.pt"
+    if not last.is_file():
+        if (run / "best.pt").is_file():
+            raise CheckpointError(f"{run} holds best.pt but no last.pt, so its run cannot be continued (last.pt "
+                                  "holds the optimiser and RNG state); best.pt still works with 'air eval', 'air "
+                                  "infer' and 'air serve'; to train, start a new run in another --run-dir")
+        raise CheckpointError(f"--resume: no checkpoint to continue ({last} does not exist); start a new run "
+                              "without --resume")
+    state = load_checkpoint(last)
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except (InputError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{last}: its configuration is not one this version understands: {e}") from e
+    t = cfg.train
+    if args.steps is not None or args.minutes is not None:
+        t.steps = args.steps if args.steps is not None else t.steps
+        t.minutes = args.minutes if args.minutes is not None else (None if args.steps is not None else t.minutes)
+        t.__post_init__()  # check the new budget as a new run's would be
+    parser = args.parser
+    for name in ("threads", "device", "compile"):  # this machine's settings, where given
+        if getattr(args, name) != parser.get_default(name):
+            setattr(t, name, getattr(args, name))
+    ignored = sorted(a.option_strings[0] for a in parser._actions
+                     if a.dest not in _RESUME_OPTIONS and a.option_strings and a.dest != "help"
+                     and getattr(args, a.dest, None) != a.default)
+    if ignored:
+        print(f"air train: ignoring {', '.join(ignored)}: a resumed run keeps its own configuration "
+              f"({run / 'config.json'})", file=sys.stderr)
+    step, seconds = int(state.get("step", 0)), float(state.get("train_seconds", 0.0))
+    spent = step >= t.steps or (t.minutes is not None and seconds >= 60 * t.minutes)
+    if spent and (run / "summary.json").is_file():
+        budget = f"{t.steps} steps" + (f" or {t.minutes:g} minutes" if t.minutes else "")
+        summary = json.loads((run / "summary.json").read_text())
+        raise InputError(f"{run} has finished: it trained {step} steps ({seconds / 60:.1f} minutes) of its budget "
+                         f"of {budget}, held-out count accuracy {summary.get('held_out_count_acc')}; its "
+                         "checkpoints are unchanged. To train it further give a larger budget, e.g. --resume "
+                         f"--steps {max(2 * step, step + 1000)}")
+    return cfg
+
+
 # ----------------------------------------------------------------------------------------------- air eval
 def _add_eval(sub) -> None:
     p = sub.add_parser(
@@ -362,14 +462,16 @@ def _run_eval(args) -> int:
     from .checkpoint import resolve_checkpoint
     from .evaluate import evaluate, format_table, load_eval_data, load_run
 
+    from .files import ensure_writable
+
     ckpt = resolve_checkpoint(args.checkpoint)
+    out = ensure_writable(Path(args.json) if args.json else ckpt.parent / "eval.json")  # before the evaluation
     model, cfg, step = load_run(ckpt, device=args.device)
     data = load_eval_data(args.data, model, cfg, args.n)
     result = evaluate(model, data, iw_samples=args.iw_samples, iw_images=args.iw_n, train_step=step,
                       seed=args.seed)
     result["checkpoint"] = str(ckpt)
     result["data"] = args.data or "the run's held-out scenes"
-    out = Path(args.json) if args.json else ckpt.parent / "eval.json"
     text = json.dumps(result, indent=2)
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"air eval: {ckpt} (step {step})")
@@ -412,14 +514,15 @@ def _run_infer(args) -> int:
     from .images import prepare, read_inputs
     from .visualise import draw_overlay
 
+    from .files import ensure_writable
+
     ckpt = resolve_checkpoint(args.checkpoint)
+    out = ensure_writable(Path(args.out), folder=True)  # before any work
     sources = read_inputs(args.inputs)  # fails on the first unusable input, naming it, before any work
     model, cfg, _ = load_run(ckpt, device=args.device)
     size = model.config.image_size
     prepared = [prepare(s.pixels, size, args.invert) for s in sources]
     result = model.infer(np.stack([p.image for p in prepared]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records = []
     for i, (src, prep) in enumerate(zip(sources, prepared)):
         steps = np.flatnonzero(result.z_pres[i].numpy() > 0).tolist()
@@ -493,7 +596,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it to "
                    "the network)")
-    p.add_argument("--port", type=_non_negative_int, default=8000,
+    p.add_argument("--port", type=_port, default=8000,
                    help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--scenes", default=None, metavar="SCENES.npz",
                    help="scene file ('air data') for 'random test scene' (default: 500 scenes built in memory "

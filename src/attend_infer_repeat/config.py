@@ -10,6 +10,7 @@ Conventions used throughout the package:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -36,6 +37,23 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "files": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
 }
 Z_PRES_PRIORS = ("bernoulli", "geometric")
+COMPILE_CHOICES = ("auto", "on", "off")
+#: Upper bounds of the model's sizes, checked wherever a config is built (also from a checkpoint's saved
+#: config): far beyond any AIR in the literature, and small enough that building the model cannot allocate until
+#: memory runs out.
+MODEL_LIMITS = {"image_size": 1024, "max_steps": 64, "window_size": 256, "z_what_dim": 4096, "lstm_hidden": 8192,
+                "encoder_hidden": 8192, "decoder_hidden": 8192, "predict_hidden": 8192}
+#: The most parameters a config may ask for (the default model has about 3 million).
+MAX_PARAMETERS = 200_000_000
+#: Upper bounds of the training config's sizes (a typo such as an extra digit gets a clear error, not hours).
+TRAIN_LIMITS = {"steps": 10**9, "batch_size": 65_536, "n_train": 10**8, "n_test": 10**8, "eval_size": 10**8,
+                "restarts": 100, "threads": 4096}
+
+
+def compile_default() -> str:
+    """The default of ``TrainConfig.compile``: the environment variable AIR_COMPILE (any case), else auto. A bad
+    value is reported where a training config is built, not where the package is imported."""
+    return os.environ.get("AIR_COMPILE", "auto").strip().lower() or "auto"
 Z_PRES_ESTIMATORS = ("enumerate", "nvil")
 
 
@@ -86,6 +104,9 @@ class ModelConfig:
     min_zoom: float = 0.1  # numerical floor for |s| inside the transforms (a 10x-image window): no 1/0
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        for name, most in MODEL_LIMITS.items():
+            _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
         _check(self.image_size >= 4, "image_size must be at least 4")
         _check(self.max_steps >= 1, "max_steps must be at least 1")
         _check(self.window_size >= 4, "window_size must be at least 4")
@@ -103,6 +124,20 @@ class ModelConfig:
         _check(self.scale_prior_std > 0 and self.shift_prior_std > 0, "prior standard deviations must be positive")
         _check(self.z_where_init_std > 0, "z_where_init_std must be positive")
         _check(self.min_zoom > 0, "min_zoom must be positive")
+        n = approximate_parameters(self)
+        _check(n <= MAX_PARAMETERS, f"this model would have about {n / 1e6:.0f} million parameters, more than the "
+               f"{MAX_PARAMETERS // 1_000_000} million allowed; use a smaller image_size, window_size or hidden sizes")
+
+
+def approximate_parameters(m: ModelConfig) -> int:
+    """The number of weights ``AIR(m)`` will have, to within a few percent, computed without building it."""
+    image, window, latent = m.image_size ** 2, m.window_size ** 2, 3 + m.z_what_dim + 1
+    lstm = (image + 1) * 4 * m.lstm_hidden + (latent + m.lstm_hidden) * 4 * m.lstm_hidden
+    predict = (m.lstm_hidden + 1) * m.predict_hidden + (m.predict_hidden + 1) * 7
+    encoder = (window + 1) * m.encoder_hidden + (m.encoder_hidden + 1) * 2 * m.z_what_dim
+    decoder = (m.z_what_dim + 1) * m.decoder_hidden + (m.decoder_hidden + 1) * window
+    baseline = lstm + (m.lstm_hidden + 1) * m.predict_hidden if m.z_pres_estimator == "nvil" else 0
+    return lstm + predict + encoder + decoder + baseline
 
 
 @dataclass
@@ -128,7 +163,7 @@ class TrainConfig:
     # compiling fails; on: on any device, and stop with an error where it fails; off: eager. Over 10 seeds both
     # reached 98% count accuracy in 8 (benchmarks/results/accuracy*.json). The environment variable AIR_COMPILE
     # (auto, on or off) sets the default for a machine. Configs saved before this option existed mean off.
-    compile: str = field(default_factory=lambda: os.environ.get("AIR_COMPILE", "auto"))
+    compile: str = field(default_factory=compile_default)
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
@@ -152,6 +187,10 @@ class TrainConfig:
     holdout: float = 0.1  # dataset "files": the fraction of the images held out for evaluation
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        for name, most in TRAIN_LIMITS.items():
+            value = getattr(self, name)
+            _check(value is None or value <= most, f"{name} must be at most {most}, got {value}")
         _check(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         _check((self.dataset == "files") == (self.data_path is not None),
                "data_path (--data) is needed for, and only for, dataset 'files'")
@@ -165,7 +204,7 @@ class TrainConfig:
         _check(self.lr > 0 and self.baseline_lr > 0, "learning rates must be positive")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        _check(self.compile in ("auto", "on", "off"), "compile (--compile, or the environment variable AIR_COMPILE) "
+        _check(self.compile in COMPILE_CHOICES, "compile (--compile, or the environment variable AIR_COMPILE) "
                f"must be auto, on or off, got {self.compile!r}")
         _check(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be constant or cosine, got "
                f"{self.lr_schedule!r}")
@@ -190,6 +229,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "train")):
+            raise InputError(f"a run configuration is a mapping with 'model' and 'train' mappings, got "
+                             f"{type(d).__name__}")
         model, train = dict(d.get("model", {})), dict(d.get("train", {}))
         train.setdefault("compile", "off")  # saved before the option existed: those runs trained eagerly
         train.setdefault("restarts", 0)  # ... and those could not start again
@@ -209,6 +251,34 @@ def config_from_dict(cls, d: dict[str, Any]):
     if unknown:
         raise InputError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**d)
+
+
+def _check_types(config) -> None:
+    """Refuse a field whose value is not of its annotated type (a float where an int belongs, a string, NaN or
+    infinity): configs also come from JSON files and checkpoints, where nothing else checks them."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if any(_is_kind(value, k) for k in kinds):
+            continue
+        raise InputError(f"{type(config).__name__}.{f.name} must be {' or '.join(kinds)}"
+                         f"{' (finite)' if 'float' in kinds else ''}, got {value!r}")
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple[int"):
+        return isinstance(value, (tuple, list)) and all(_is_kind(v, "int") for v in value)
+    raise TypeError(f"no type check for annotation {kind!r}")  # a new field type: teach _is_kind about it
 
 
 def _check(ok: bool, message: str) -> None:

@@ -16,3 +16,8 @@ class InputError(AIRError, ValueError):
 
 class CheckpointError(AIRError):
     """A checkpoint that is missing, truncated, not a checkpoint, or from an incompatible configuration."""
+
+
+class OutputError(AIRError, OSError):
+    """A file or folder that cannot be written (read-only, a folder where a file is meant, a full disk). Also an
+    ``OSError``, so code that handles file-system errors keeps handling it."""

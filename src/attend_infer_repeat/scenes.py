@@ -70,6 +70,26 @@ ROUNDS_PER_DIGIT_DRAW = 500
 PILOT_SCENES = 2048
 #: Smallest acceptable fraction of valid random placements: below it the request is refused at once.
 MIN_ACCEPTANCE = 0.01
+#: The most memory a generated data set may take (images, boxes and labels), checked before anything is drawn:
+#: a mistyped --n or --canvas-size gets an estimate and an error, not a machine that runs out of memory.
+MAX_SCENE_BYTES = 4 * 2**30
+MAX_CANVAS_SIZE = 4096
+
+
+def scene_bytes(n: int, config: "SceneConfig") -> int:
+    """The memory ``n`` scenes drawn with ``config`` take: uint8 images, two float32 boxes and a label per object."""
+    return int(n) * (config.canvas_size ** 2 + max(config.max_count, 1) * (2 * 16 + 8) + 8)
+
+
+def check_scene_budget(n: int, config: "SceneConfig") -> None:
+    """InputError when ``n`` scenes of ``config`` would need more than ``MAX_SCENE_BYTES``."""
+    need = scene_bytes(n, config)
+    if need > MAX_SCENE_BYTES:
+        c = config.canvas_size
+        most = MAX_SCENE_BYTES // max(scene_bytes(1, config), 1)
+        raise InputError(f"{n} scenes of {c}x{c} px would take about {need / 2**30:.1f} GiB of memory, more than "
+                         f"the {MAX_SCENE_BYTES // 2**30} GiB allowed; ask for at most {most} scenes, or a smaller "
+                         "canvas")
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -118,6 +138,8 @@ class SceneConfig:
             if not _is_int(v) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
+        if self.canvas_size > MAX_CANVAS_SIZE:
+            raise InputError(f"canvas_size must be at most {MAX_CANVAS_SIZE}, got {self.canvas_size}")
         if self.digit_size > self.canvas_size:
             raise InputError(f"digit_size {self.digit_size} is larger than the canvas ({self.canvas_size}); "
                              "use a smaller digit_size or a larger canvas_size")
@@ -449,6 +471,7 @@ def generate_scenes(
     if not isinstance(split, str) or not split:
         raise InputError(f"split must be a non-empty string, got {split!r}")
     digits, labels, n = _check_inputs(digits, labels, n)
+    check_scene_budget(n, config)
     k, canvas = config.max_count, config.canvas_size
     if n > 0 and k > 0 and len(digits) == 0:
         raise InputError("no digits to draw from")
@@ -527,6 +550,9 @@ def make_scenes(
     config = config if config is not None else SceneConfig()
     if not isinstance(config, SceneConfig):
         raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
+    if not _is_int(n) or n < 0:
+        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
+    check_scene_budget(n, config)  # before loading (or downloading) anything
     if config.dataset == "sprites":
         from .sprites import generate_sprites
 

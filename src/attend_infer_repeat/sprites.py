@@ -49,12 +49,13 @@ def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray
 def generate_sprites(n: int, config, split: str = "train"):
     """``n`` sprite scenes drawn with ``config`` (a :class:`~.scenes.SceneConfig`; its ``digit_size`` ..
     ``max_digit_size`` are the shape sizes) as a :class:`~.scenes.Scenes`."""
-    from .scenes import SceneConfig, Scenes, _draw_positions, _ink_rel, _overlapping, _split_key
+    from .scenes import SceneConfig, Scenes, _draw_positions, _ink_rel, _overlapping, _split_key, check_scene_budget
 
     if not isinstance(config, SceneConfig):
         raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
+    check_scene_budget(int(n), config)
     n, k, canvas = int(n), config.max_count, config.canvas_size
     rng = np.random.default_rng([config.seed, _split_key(split), 2])
     counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import signal
 import sys
@@ -48,7 +49,14 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 7919 * (rank + 1)
 
 
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
 def pick_device(name: str) -> torch.device:
+    """``auto`` (a GPU where there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; InputError for any other name
+    or for a device this machine (or this torch build) lacks."""
+    if not isinstance(name, str) or not (name in DEVICE_NAMES or re.fullmatch(r"cuda:[0-9]{1,3}", name)):
+        raise InputError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -56,7 +64,10 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise InputError(f"--device {name} was asked for but no CUDA GPU is available (or this torch build has no "
+                         "CUDA); use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps was asked for but MPS is not available; use --device cpu or auto")
     return torch.device(name)
@@ -227,12 +238,14 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(errors="replace").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # a torn last line from a killed process
                 continue
+            # anything else that is not a record of a step (an edited or damaged line) cannot be plotted either
+            if isinstance(record, dict) and type(record.get("step")) is int and record["step"] <= step:
+                keep.append(line)
         text = "".join(k + "\n" for k in keep)
         atomic_write_bytes(self.path, lambda f: f.write(text.encode()))
 
@@ -626,7 +639,12 @@ class Trainer:
         except OSError as e:
             raise CheckpointError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}; choose "
                                   "a writable folder with --run-dir") from e
-        existing = [n for n in ("last.pt", "metrics.jsonl") if (self.run_dir / n).exists()]
+        existing = [n for n in ("last.pt", "metrics.jsonl", "best.pt") if (self.run_dir / n).exists()]
+        if "best.pt" in existing and "last.pt" not in existing:
+            raise CheckpointError(
+                f"{self.run_dir} holds best.pt but no last.pt, so its run cannot be continued (last.pt holds the "
+                f"optimiser and RNG state); best.pt still works with 'air eval', 'air infer' and 'air serve'. "
+                "To train, choose another --run-dir (or move best.pt away)")
         if existing and not resume:  # never mix two runs' curves or overwrite a run's checkpoints
             raise InputError(f"{self.run_dir} already holds a run ({', '.join(existing)}): continue it with "
                              "--resume, or start a new run in another --run-dir (or delete that folder first)")
