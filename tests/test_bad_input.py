@@ -299,3 +299,28 @@ def test_a_full_disk_inside_the_writer_is_an_output_error_and_other_errors_of_th
         atomic_write(tmp_path / "b", download_failed)
     assert not isinstance(e.value, OutputError)
     assert not list(tmp_path.iterdir())
+
+
+def test_sixteen_and_thirty_two_bit_image_files_are_scaled_by_their_own_range(tmp_path):
+    from PIL import Image
+
+    from attend_infer_repeat.images import read_image_file
+
+    Image.fromarray(np.full((6, 6), 200, np.uint16)).save(tmp_path / "dark16.png")  # dark, not 8-bit data
+    assert read_image_file(tmp_path / "dark16.png").pixels.max() == pytest.approx(200 / 65535)
+    Image.fromarray(np.full((6, 6), 1_600_000_000, np.int32)).save(tmp_path / "i32.tif")
+    assert read_image_file(tmp_path / "i32.tif").pixels.max() == pytest.approx(1_600_000_000 / (2**31 - 1), rel=1e-6)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_data_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from attend_infer_repeat.errors import DataError
+    from attend_infer_repeat.images import read_inputs
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "iterdir", refuse)  # as a folder without read permission does (the tests run as root)
+    with pytest.raises(DataError, match="cannot read the folder.*Permission denied"):
+        read_inputs([tmp_path])

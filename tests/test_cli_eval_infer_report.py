@@ -2,9 +2,7 @@
 import base64
 import json
 import shutil
-import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,15 +181,105 @@ def test_report_python_api_and_missing_run(run_dir, scene_file, tmp_path, capsys
     assert "nope" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
+# every <img> of the page: whether it loaded and decoded, and whether a reader can see it (laid out with a size, not
+# display:none, visibility:hidden or transparent through any ancestor, inside the page, not covered by another
+# element at its centre); each entry says what is wrong with one image (empty: nothing)
+_IMAGE_PROBLEMS_JS = """async () => {
+  const out = [];
+  const page = document.documentElement;
+  for (const [i, img] of Array.from(document.images).entries()) {
+    const problems = [];
+    let decoded = true;
+    try { await img.decode(); } catch (e) { decoded = false; }
+    if (!img.complete || !decoded || img.naturalWidth === 0 || img.naturalHeight === 0) problems.push("not loaded");
+    img.scrollIntoView({block: "center", inline: "center"});
+    const r = img.getBoundingClientRect();
+    if (r.width < 8 || r.height < 8) problems.push(`laid out ${r.width}x${r.height} px`);
+    const style = getComputedStyle(img);
+    if (style.visibility !== "visible") problems.push(`visibility ${style.visibility}`);
+    let opacity = 1;
+    for (let e = img; e; e = e.parentElement) {
+      const s = getComputedStyle(e);
+      if (s.display === "none") problems.push(`display:none on <${e.tagName.toLowerCase()}>`);
+      opacity *= parseFloat(s.opacity);
+    }
+    if (opacity < 0.5) problems.push(`opacity ${opacity}`);
+    const x = r.left + window.scrollX, y = r.top + window.scrollY;
+    if (x + r.width <= 0 || y + r.height <= 0 || x >= page.scrollWidth || y >= page.scrollHeight)
+      problems.push("outside the page");
+    else if (r.width >= 8 && r.height >= 8) {
+      const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      if (hit !== img) problems.push(`covered by <${hit ? hit.tagName.toLowerCase() : "nothing"}>`);
+    }
+    out.push({index: i, alt: img.alt, natural: [img.naturalWidth, img.naturalHeight],
+              box: [r.width, r.height], problems});
+  }
+  return out;
+}"""
+
+# ways of hiding images that a screenshot-is-not-blank check lets through; the check above must catch each one
+_HIDDEN = ["img { visibility: hidden !important; }", "img { display: none !important; }",
+           "img { opacity: 0 !important; }", "figure { opacity: 0.01 !important; }",
+           "img { width: 0 !important; height: 0 !important; border: 0 !important; }",
+           "img { position: absolute !important; left: -10000px !important; }",
+           "body::after { content: ''; position: fixed; inset: 0; background: white; }"]
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _playwright_missing():
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(_chromium() is None,
                     reason="chromium is not installed (apt-get install -y chromium); the report is checked "
                     "in a real headless browser only where one is available")
+@pytest.mark.skipif(_playwright_missing(), reason="the playwright Python package is not installed "
+                    "(pip install -e '.[dev]'); it drives the system's Chromium")
 def test_report_renders_in_headless_chromium(run_dir, scene_file, tmp_path):
-    page = render_report(run_dir, data=Scenes.load(scene_file), n_show=4)
-    shot = tmp_path / "shot.png"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "screenshot_report.sh"
-    subprocess.run(["bash", str(script), str(page), str(shot), "800x1200"], check=True, timeout=120,
-                   capture_output=True)
-    with Image.open(shot) as im:
-        a = np.asarray(im.convert("L"))
-    assert im.size == (800, 1200) and a.std() > 10  # something was drawn, not a blank page
+    """Every image of the report loads, decodes and is visible in a real browser: laid out with a size, not
+    hidden by CSS or covered, and painted (its area of a screenshot is not blank)."""
+    from playwright.sync_api import sync_playwright
+
+    page_path = render_report(run_dir, data=Scenes.load(scene_file), n_show=4)
+    parser = _Collect()
+    parser.feed(page_path.read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
+            page.goto(page_path.resolve().as_uri(), wait_until="load")
+            images = page.evaluate(_IMAGE_PROBLEMS_JS)
+            assert len(images) == len(parser.imgs) >= 8, "the browser does not see every <img> of the page"
+            bad = [im for im in images if im["problems"]]
+            assert not bad, f"{len(bad)} of {len(images)} images cannot be seen: {bad}"
+            assert not errors, errors
+
+            shot = tmp_path / "shot.png"
+            page.screenshot(path=str(shot), full_page=True)
+            boxes = page.evaluate("() => Array.from(document.images).map(img => { const r = "
+                                  "img.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
+                                  "r.width, r.height]; })")
+            with Image.open(shot) as im:
+                a = np.asarray(im.convert("L"), np.float64)
+            for k, (x, y, w, h) in enumerate(boxes):  # inside the 1-px border: the picture itself
+                crop = a[int(y) + 2:int(y + h) - 2, int(x) + 2:int(x + w) - 2]
+                assert crop.size and crop.std() > 2, f"image {k} ({images[k]['alt']}) is blank on the screen"
+
+            for css in _HIDDEN:  # the check sees through each way of hiding them (else it proves nothing)
+                handle = page.add_style_tag(content=css)
+                hidden = page.evaluate(_IMAGE_PROBLEMS_JS)
+                assert all(im["problems"] for im in hidden), f"{css!r} hides images the check calls visible"
+                handle.evaluate("e => e.remove()")
+            assert not any(im["problems"] for im in page.evaluate(_IMAGE_PROBLEMS_JS))
+        finally:
+            browser.close()

@@ -484,7 +484,7 @@ def _run_eval(args) -> int:
 def _add_infer(sub) -> None:
     p = sub.add_parser(
         "infer", help="find the objects in images: boxes, presence, z_what as JSON, and overlay PNGs",
-        description="Run a trained model on your images. Inputs: PNG/JPEG (any Pillow format) files, folders "
+        description="Run a trained model on your images. Inputs: PNG, JPEG, GIF, BMP, WebP, TIFF or PGM/PPM files, folders "
         "(their image and .npy/.npz files, not recursive), .npy arrays (H,W), (N,H,W), (N,1,H,W) or (N,H,W,C) "
         "and .npz (its 'images' array or its only array). Colour becomes grey by luminance; integer images are "
         "divided by 255 (65535 for 16-bit); dark-on-light images (bright border) are inverted (see --invert); "
@@ -601,6 +601,11 @@ def _add_serve(sub) -> None:
     p.add_argument("--scenes", default=None, metavar="SCENES.npz",
                    help="scene file ('air data') for 'random test scene' (default: 500 scenes built in memory "
                    "from the MNIST test digits, if MNIST is available without a download)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (a DNS or proxy name; '*.example.org' for "
+                   "its sub-domains, '*' for any; repeatable). Loopback names, the --host address and, on 0.0.0.0, "
+                   "IP addresses and this machine's name are always answered; others get 421, which stops DNS "
+                   "rebinding")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
     p.set_defaults(func=_run_serve)
@@ -612,11 +617,9 @@ def _run_serve(args) -> int:
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
-    server = serve(args.checkpoint, host=args.host, port=args.port, scenes=args.scenes, device=args.device)
+    server = serve(args.checkpoint, host=args.host, port=args.port, scenes=args.scenes, device=args.device,
+                   allowed_hosts=args.allow_host)  # warns itself when it listens beyond this machine
     print(f"air serve: {server.url}  (Ctrl-C stops it)", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"air serve: listening on {args.host}: anyone who can reach this machine can use the page",
-              file=sys.stderr)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn shuts down cleanly on Ctrl-C, then passes the signal on
