@@ -1,4 +1,5 @@
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -57,3 +58,32 @@ def write_idx(path: Path, a: np.ndarray, gz: bool | None = None) -> Path:
     gz = path.suffix == ".gz" if gz is None else gz
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
+
+
+def untrained_checkpoint(directory: Path, image_size: int = 50) -> Path:
+    """A small untrained model saved as 'air train' saves one: what the server tests serve. Its z_pres logit
+    starts at 0, so its count depends on the image (not always N)."""
+    from attend_infer_repeat.checkpoint import save_checkpoint
+    from attend_infer_repeat.config import RunConfig, TrainConfig
+    from attend_infer_repeat.model import AIR
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(image_size=image_size, z_what_dim=8, lstm_hidden=32, encoder_hidden=32, decoder_hidden=32,
+                      predict_hidden=32, z_pres_init_logit=0.0, decoder_output_bias=0.0)
+    path = Path(directory) / "best.pt"
+    save_checkpoint(path, {"config": RunConfig(model=cfg, train=TrainConfig()).to_dict(),
+                           "model": AIR(cfg).state_dict(), "step": 0})
+    return path
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium, which the browser tests drive through Playwright (never a downloaded browser)."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def playwright_missing() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return True
+    return False

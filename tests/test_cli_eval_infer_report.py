@@ -1,7 +1,6 @@
 """``air eval``, ``air infer`` and ``air report`` end to end on a tiny model, including broken inputs."""
 import base64
 import json
-import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -17,7 +16,7 @@ from attend_infer_repeat.model import AIR
 from attend_infer_repeat.report import render_report
 from attend_infer_repeat.scenes import SceneConfig, Scenes
 
-from conftest import blob_images
+from conftest import blob_images, chromium_path, playwright_missing
 
 
 @pytest.fixture
@@ -225,22 +224,10 @@ _HIDDEN = ["img { visibility: hidden !important; }", "img { display: none !impor
            "body::after { content: ''; position: fixed; inset: 0; background: white; }"]
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _playwright_missing():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
-@pytest.mark.skipif(_chromium() is None,
+@pytest.mark.skipif(chromium_path() is None,
                     reason="chromium is not installed (apt-get install -y chromium); the report is checked "
                     "in a real headless browser only where one is available")
-@pytest.mark.skipif(_playwright_missing(), reason="the playwright Python package is not installed "
+@pytest.mark.skipif(playwright_missing(), reason="the playwright Python package is not installed "
                     "(pip install -e '.[dev]'); it drives the system's Chromium")
 def test_report_renders_in_headless_chromium(run_dir, scene_file, tmp_path):
     """Every image of the report loads, decodes and is visible in a real browser: laid out with a size, not
@@ -251,7 +238,7 @@ def test_report_renders_in_headless_chromium(run_dir, scene_file, tmp_path):
     parser = _Collect()
     parser.feed(page_path.read_text())
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             errors = []

@@ -8,7 +8,6 @@ import http.client
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import chromium_path, playwright_missing, untrained_checkpoint
+
 from attend_infer_repeat import attention
-from attend_infer_repeat.checkpoint import save_checkpoint
 from attend_infer_repeat.cli import main
-from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
 from attend_infer_repeat.images import prepare
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import MAX_BODY_BYTES, Server, Service, bind
@@ -37,14 +36,7 @@ S = 50
 def checkpoint(tmp_path_factory):
     if os.environ.get("AIR_SERVE_CHECKPOINT"):
         return Path(os.environ["AIR_SERVE_CHECKPOINT"])
-    torch.manual_seed(1)
-    # z_pres logit 0 at the start: the untrained model's count depends on the image (not always 3)
-    cfg = ModelConfig(image_size=S, z_what_dim=8, lstm_hidden=32, encoder_hidden=32, decoder_hidden=32,
-                      predict_hidden=32, z_pres_init_logit=0.0, decoder_output_bias=0.0)
-    path = tmp_path_factory.mktemp("serve") / "best.pt"
-    save_checkpoint(path, {"config": RunConfig(model=cfg, train=TrainConfig()).to_dict(),
-                           "model": AIR(cfg).state_dict(), "step": 0})
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("serve"), S)
 
 
 @pytest.fixture(scope="module")
@@ -310,25 +302,9 @@ def test_cli_serve_errors(checkpoint, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ in a browser
-def _chromium():
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _playwright_missing():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return True
-    return False
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (apt-get install -y chromium); "
+@pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install -y chromium); "
                     "the page is tested in a real headless browser only where one is available")
-@pytest.mark.skipif(_playwright_missing(), reason="the playwright Python package is not installed "
+@pytest.mark.skipif(playwright_missing(), reason="the playwright Python package is not installed "
                     "(pip install -e '.[dev]'); it drives the system's Chromium")
 def test_page_in_headless_chromium(server, model, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -336,7 +312,7 @@ def test_page_in_headless_chromium(server, model, tmp_path):
     shots = Path(os.environ.get("AIR_SERVE_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             errors = []

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import untrained_checkpoint
+
 import attend_infer_repeat
-from attend_infer_repeat.checkpoint import save_checkpoint
-from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
 from attend_infer_repeat.errors import DataError, InputError
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import Server, Service, bind
@@ -37,13 +36,7 @@ DEADLINE = 1.5  # request_seconds of the test server (the default is 10 s)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    cfg = ModelConfig(image_size=S, z_what_dim=8, lstm_hidden=32, encoder_hidden=32, decoder_hidden=32,
-                      predict_hidden=32, z_pres_init_logit=0.0, decoder_output_bias=0.0)
-    path = tmp_path_factory.mktemp("serve_hardening") / "best.pt"
-    save_checkpoint(path, {"config": RunConfig(model=cfg, train=TrainConfig()).to_dict(),
-                           "model": AIR(cfg).state_dict(), "step": 0})
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("serve_hardening"), S)
 
 
 @pytest.fixture(scope="module")
@@ -192,30 +185,25 @@ def test_idle_and_slow_connections_do_not_lock_others_out(server):
 def test_slow_and_malformed_requests_are_cut_off(server):
     """A slow header, a slow body, a huge declared chunk (h11 waited for all of it), a malformed chunk size and
     an idle connection: each is answered 408/413/400 or closed within the deadline, not held for ever."""
-    def slow_headers():
+    def trickle(head: bytes, drip: bytes):
+        """Send ``head``, then ``drip`` every 0.25 s, past the deadline: the server must cut it off."""
         with socket.create_connection(address(server), timeout=DEADLINE + 3) as s:
             t0 = time.monotonic()
-            s.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            s.sendall(head)
             try:
                 while time.monotonic() - t0 < DEADLINE + 2:
-                    s.sendall(b"X-A: b\r\n")
+                    s.sendall(drip)
                     time.sleep(0.25)
             except OSError:
                 pass
             return read_answer(s), time.monotonic() - t0
 
+    def slow_headers():
+        return trickle(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-A: b\r\n")
+
     def slow_body():
-        with socket.create_connection(address(server), timeout=DEADLINE + 3) as s:
-            t0 = time.monotonic()
-            s.sendall(b"POST /api/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 20000\r\n\r\n{\"pixels\": [")
-            try:
-                while time.monotonic() - t0 < DEADLINE + 2:
-                    s.sendall(b"0, ")
-                    time.sleep(0.25)
-            except OSError:
-                pass
-            return read_answer(s), time.monotonic() - t0
+        return trickle(b"POST /api/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 20000\r\n\r\n{\"pixels\": [", b"0, ")
 
     chunked = (b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                b"Transfer-Encoding: chunked\r\n\r\n")
