@@ -93,7 +93,8 @@ def test_latent_features_of_a_real_model_follow_its_boxes(tiny_config):
 @pytest.mark.parametrize("kwargs, message", [
     ({"settings": ("sideways",)}, "settings must be some of"),
     ({"models": ()}, "models must be some of"),
-    ({"max_steps": 2}, "max_steps \\(N\\) must be at least 3"),
+    ({"max_steps": 3}, "max_steps \\(N\\) must be at least 4"),
+    ({"seeds": 0}, "seeds must be at least 1"),
     ({"steps": 0}, "steps must be at least 1"),
 ])
 def test_generalisation_config_validation(kwargs, message):
@@ -130,9 +131,9 @@ def test_cli_bad_options_are_refused_by_the_parser(argv, message, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["experiment", "generalisation", "--max-steps", "2", "--out", str(tmp_path)]) == 2
+    assert main(["experiment", "generalisation", "--max-steps", "3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "max_steps (N) must be at least 3" in err and "Traceback" not in err
+    assert "max_steps (N) must be at least 4" in err and "Traceback" not in err
     assert main(["experiment", "downstream", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err
@@ -146,32 +147,46 @@ def tiny_experiment_model(tiny_config):
 
 @needs_mnist
 def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
-    cfg = GeneralisationConfig(steps=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1, batch_size=8,
-                               digit_size=5, model=tiny_experiment_model)
+    cfg = GeneralisationConfig(steps=2, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
+                               batch_size=8, digit_size=4, model=tiny_experiment_model)
     out = generalisation(cfg, tmp_path, progress=False)
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"generalisation.{ext}").is_file()
     assert json.loads((tmp_path / "generalisation.json").read_text()) == json.loads(json.dumps(out))
-    assert out["results"]["extrapolation"]["test_count"] == 3 and out["results"]["interpolation"]["test_count"] == 2
-    for setting in ("extrapolation", "interpolation"):
-        for name in ("air", "dair"):
+    assert out["results"]["extrapolation"]["test_counts"] == [3, 4]
+    assert out["results"]["interpolation"]["test_counts"] == [2]
+    assert out["results"]["extrapolation"]["N"] == 4 and out["results"]["interpolation"]["N"] == 3
+    for setting, counts in (("extrapolation", ("3", "4")), ("interpolation", ("2",))):
+        for name in ("air", "dair", "dair_memoryless"):
             r = out["results"][setting][name]
-            assert 0.0 <= r["unseen_count_acc"] <= 1.0 and sum(r["predicted_count_histogram"]) == 8
-            assert len(r["predicted_count_histogram"]) == 4  # counts 0..N, N = 3
-            assert [s for s, _ in r["curve"]] == [1, 2] and not r["reused_run"]
-            assert AIR.load(r["run_dir"]).config.dair == (name == "dair")
+            assert [run["seed"] for run in r["runs"]] == [0, 1] == r["summary"]["seeds"]
+            for run in r["runs"]:
+                assert set(run["unseen_count_acc"]) == set(counts)
+                for c in counts:
+                    assert 0.0 <= run["unseen_count_acc"][c] <= 1.0
+                    assert sum(run["predicted_count_histogram"][c]) == 8
+                assert [s for s, _ in run["curve"]] == [1, 2] and not run["reused_run"]
+                model = AIR.load(run["run_dir"])
+                assert model.config.dair == (name != "air")
+                assert model.config.dair_memory == (name != "dair_memoryless")
+                assert model.config.max_steps == out["results"][setting]["N"]
+            for c in counts:  # the summary is the spread of the seeds' numbers
+                values = [run["unseen_count_acc"][c] for run in r["runs"]]
+                stats = r["summary"]["unseen_count_acc"][c]
+                assert stats["min"] == min(values) and stats["max"] == max(values)
+                assert stats["mean"] == pytest.approx(sum(values) / len(values))
     table = (tmp_path / "generalisation.md").read_text()
-    assert table.count("| extrapolation |") == 2 and "about 80%" in table
+    assert table.count("| extrapolation (N = 4") == 6 and "about 80%" in table and "seeds 0-1" in table
     # a second call reuses the finished runs (same numbers, the recorded learning curve kept)
     again = generalisation(GeneralisationConfig(**{**cfg.__dict__, "threads": 2}), tmp_path, progress=False)
-    r0, r1 = out["results"]["extrapolation"]["dair"], again["results"]["extrapolation"]["dair"]
+    r0, r1 = out["results"]["extrapolation"]["dair"]["runs"][1], again["results"]["extrapolation"]["dair"]["runs"][1]
     assert r1["reused_run"] and r1["curve"] == r0["curve"] and r1["unseen_count_acc"] == r0["unseen_count_acc"]
     # another configuration is trained anew, not confused with the finished run
-    other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "settings": ("interpolation",),
+    other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "seeds": 1, "settings": ("interpolation",),
                                                    "models": ("air",)}), tmp_path, progress=False)
-    assert not other["results"]["interpolation"]["air"]["reused_run"]
-    assert other["results"]["interpolation"]["air"]["curve"][-1][0] == 3
-    metrics = (tmp_path / "generalisation_runs" / "interpolation-air" / "metrics.jsonl").read_text().splitlines()
+    run = other["results"]["interpolation"]["air"]["runs"][0]
+    assert not run["reused_run"] and run["curve"][-1][0] == 3
+    metrics = (tmp_path / "generalisation_runs" / "interpolation-air-seed0" / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(line)["step"] for line in metrics) == 3  # the old run's metrics did not stay behind
     assert [json.loads(line)["step"] for line in metrics if json.loads(line)["kind"] == "eval"] == [1, 2, 3]
 

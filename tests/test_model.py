@@ -174,7 +174,7 @@ def test_infer_on_empty_batch(tiny_config):
 
 
 @pytest.mark.parametrize("options", [{"likelihood": "bernoulli"}, {"z_pres_prior": "geometric"},
-                                     {"dair": True, "likelihood": "bernoulli"}])
+                                     {"dair": True, "likelihood": "bernoulli"}, {"dair": True, "dair_memory": False}])
 def test_variants_give_finite_loss_and_gradients(tiny_config, options):
     model = AIR(ModelConfig(**{**tiny_config.__dict__, **options}))
     x, _ = blob_images(16)
@@ -184,3 +184,30 @@ def test_variants_give_finite_loss_and_gradients(tiny_config, options):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     if options.get("likelihood") == "bernoulli":  # a Bernoulli log-likelihood is never positive
         assert (out.terms["log_lik"] <= 0).all()
+
+
+def test_memoryless_dair_steps_are_one_function_of_the_residual(tiny_config):
+    """dair_memory=False: every step starts from the LSTM's initial state with no previous latents, so two steps
+    that see the same residual propose the same z_pres, z_where and z_what; with memory (the paper's) they do not."""
+    import dataclasses
+
+    x, _ = blob_images(4, size=tiny_config.image_size)
+    outputs = {}
+    for memory in (False, True):
+        torch.manual_seed(3)
+        model = AIR(dataclasses.replace(tiny_config, dair=True, dair_memory=memory))
+        with torch.no_grad():  # a proposal that depends on its input, and a decoder that draws nothing
+            for p in model.predict.parameters():
+                p.normal_(0, 0.3)
+            model.decoder.net.last.bias.fill_(-30.0)
+        outputs[memory] = model.guide(x, deterministic=True, z_pres=torch.ones(4, tiny_config.max_steps))
+    for name in ("z_pres_logit", "z_where", "z_what"):
+        steps = getattr(outputs[False], name)
+        for i in range(1, tiny_config.max_steps):
+            torch.testing.assert_close(steps[:, i], steps[:, 0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(outputs[True].z_pres_logit[:, 0], outputs[True].z_pres_logit[:, 1])
+
+
+def test_memoryless_needs_dair():
+    with pytest.raises(InputError, match="needs dair"):
+        ModelConfig(dair_memory=False)

@@ -269,6 +269,9 @@ def _add_train(sub) -> None:
     g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
                    help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
                    "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
+    g.add_argument("--dair-memory", action=argparse.BooleanOptionalAction, default=m.dair_memory,
+                   help="with --dair: carry the LSTM state and the previous latents from step to step (the paper's); "
+                   "--no-dair-memory makes every step one function of the residual image alone (ours)")
     g.add_argument("--z-pres-estimator", choices=("enumerate", "nvil"), default=m.z_pres_estimator,
                    help="training's treatment of the discrete z_pres: sum the ELBO over every count exactly, or "
                    "sample it with the score-function (NVIL) estimator of the paper")
@@ -318,6 +321,7 @@ def _run_train(args) -> int:
     model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
                         window_size=args.window_size,
                         dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
+                        dair_memory=args.dair_memory,
                         z_pres_estimator=args.z_pres_estimator,
                         likelihood=args.likelihood,
                         likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
@@ -630,7 +634,7 @@ def _run_serve(args) -> int:
 
 # ------------------------------------------------------------------------------------------ air experiment
 #: --quick: a short look at each experiment (the option values a user gives still win)
-_QUICK = {"generalisation": {"steps": 1000, "n_train": 20_000, "n_test": 500, "eval_every": 250},
+_QUICK = {"generalisation": {"steps": 1000, "n_train": 20_000, "n_test": 500, "eval_every": 250, "seeds": 1},
           "downstream": {"steps": 1500, "budgets": (100, 1000), "seeds": 1, "n_test": 1000, "n_train": 20_000}}
 
 
@@ -664,9 +668,10 @@ def _add_experiment(sub) -> None:
                        "OUT/NAME_runs/ (a finished run with the same configuration is reused).")
     ex = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     g = ex.add_parser("generalisation", help="AIR vs DAIR: count accuracy on digit counts never seen in training",
-                      description="Train AIR and DAIR on scenes with 0, 1, 2 digits and test on 3 (extrapolation), "
-                      "and on 0, 1, 3 and test on 2 (interpolation): 24 px digits on the 50x50 canvas (three 28 px "
-                      "digits do not fit with their ink apart), N = 3 steps. Full run: four trainings of 3000 steps.")
+                      description="Train AIR, DAIR and memoryless DAIR on scenes with 0, 1, 2 digits and test on 3 and "
+                      "4 (extrapolation: 20 px digits, N = 4), and on 0, 1, 3 and test on 2 (interpolation: 24 px "
+                      "digits, N = 3), on the 50x50 canvas, over several seeds. Full run: 3 seeds x 2 settings x 3 "
+                      "models, 3000 steps each.")
     d = ex.add_parser("downstream",
                       help="sum / ascending order from AIR's latents vs a CNN on pixels, per label budget",
                       description="Train (or load with --model) an AIR model on the default multi-MNIST, then for each "
@@ -692,9 +697,14 @@ def _add_experiment(sub) -> None:
         q.set_defaults(func=_run_experiment)
     g.add_argument("--settings", type=_names(tuple(SETTINGS)), default=tuple(SETTINGS),
                    help="which settings (default: extrapolation,interpolation)")
-    g.add_argument("--models", type=_names(MODELS), default=MODELS, help="which models (default: air,dair)")
-    g.add_argument("--max-steps", type=_positive_int, default=3, metavar="N", help="N, AIR's most steps (default: 3)")
-    g.add_argument("--digit-size", type=_positive_int, default=24, metavar="PX", help="digit size (default: 24)")
+    g.add_argument("--models", type=_names(MODELS), default=MODELS,
+                   help="which models (default: air,dair,dair_memoryless)")
+    g.add_argument("--seeds", type=_positive_int, default=None,
+                   help="seeds per setting and model, --seed, --seed + 1, ... (default: 3)")
+    g.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                   help="N, the most steps (default: 4 for extrapolation, 3 for interpolation)")
+    g.add_argument("--digit-size", type=_positive_int, default=None, metavar="PX",
+                   help="digit size (default: 20 for extrapolation, 24 for interpolation)")
     g.add_argument("--eval-every", type=_positive_int, default=None,
                    help="learning curve: accuracy on the unseen count every this many steps (default: 500)")
     d.add_argument("--model", default=None, metavar="RUN",

@@ -81,6 +81,11 @@ class ModelConfig:
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
+    # DAIR only. True (the paper's): the LSTM carries its state and the previous step's latents from step to step.
+    # False (ours): every step starts from the LSTM's initial state with no previous latents, so the whole step
+    # (z_pres, z_where, z_what) is one function of the residual image, the same at every step: a model that has
+    # learned to find one object and to stop on an empty residual counts any number of them
+    dair_memory: bool = True
     # How training treats the discrete z_pres: "enumerate" sums the ELBO over the N + 1 possible counts exactly
     # (AIR.enumerated_objective: an exact gradient for the presence probabilities, no baseline); "nvil" samples
     # z_pres and uses the score function with the NVIL baseline, as the paper does
@@ -112,6 +117,8 @@ class ModelConfig:
         _check(self.window_size >= 4, "window_size must be at least 4")
         for name in ("z_what_dim", "lstm_hidden", "encoder_hidden", "decoder_hidden", "predict_hidden"):
             _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
+        _check(self.dair or self.dair_memory, "dair_memory False needs dair (Difference AIR): plain AIR's steps "
+               "all see the same image, so without memory they would all find the same object")
         _check(self.z_pres_estimator in Z_PRES_ESTIMATORS,
                f"z_pres_estimator must be one of {Z_PRES_ESTIMATORS}, got {self.z_pres_estimator!r}")
         _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")

@@ -16,15 +16,14 @@ directory that already holds a finished run with the same configuration is reuse
 Data settings, both stated in the JSON:
 
 * Three unscaled 28x28 digits do not fit on a 50x50 canvas with their ink apart: only about 0.4% of random
-  placements work (the generator refuses below 1%). The generalisation experiment therefore uses **24x24
-  digits** (the size the seed summary uses; about 4% of random placements of three such digits are valid) on
-  the paper's 50x50 canvas, ink never overlapping, the same setting for training and test scenes, and
-  **N = 3** steps, as in the default model (the Pyro/Dittadi setting): to answer 3 the model must take a third
-  step, which it never needed in extrapolation training, while it did learn to stop after 0, 1 or 2 objects
-  (the accuracy on the training counts, reported beside, shows whether it stops). We tried N = 4 first (so
-  that over-counting would show as 4): after 1500 steps AIR had learned to explain each digit with two windows
-  (1 digit counted as 2, 2 digits as 4; 38% count accuracy on the training counts), an optimum that N = 3
-  rules out for 2-digit scenes. ``max_steps`` sets N.
+  placements work (the generator refuses below 1%). *Interpolation* (train 0, 1, 3; test 2) therefore uses
+  **24x24 digits** and **N = 3** steps (to count 3 the model must use every step it has); *extrapolation* (train
+  0, 1, 2; test 3 and 4) uses **20x20 digits** (four of them fit apart) and **N = 4** steps, so that a model can
+  answer 3 and 4 at all (``SETTING_SCENES``; ``max_steps`` and ``digit_size`` override both). Ink never overlaps,
+  in training and test scenes alike.
+* Three models: the paper's AIR and DAIR, and DAIR without memory between steps (``ModelConfig.dair_memory``,
+  ours): each step's LSTM starts from its initial state with no previous latents, so every step is the same
+  function of the residual image and the step index cannot tell it to go on or stop.
 * The downstream experiment uses the paper's data as ``air train`` does (28x28 digits, 0-2 per scene).
 """
 from __future__ import annotations
@@ -46,11 +45,22 @@ from .config import ModelConfig, RunConfig, TrainConfig, _check
 from .errors import InputError
 from .files import atomic_write
 
-#: The two generalisation settings: the counts seen in training and the one held back for testing.
-SETTINGS = {"extrapolation": ((0, 1, 2), 3), "interpolation": ((0, 1, 3), 2)}
-#: Count accuracy on the unseen count in the paper (read off its figure of this experiment, references.md).
-PAPER_GENERALISATION = {"extrapolation": {"air": 0.0, "dair": 0.80}, "interpolation": {"air": 0.60, "dair": 0.95}}
-MODELS = ("air", "dair")
+#: The two generalisation settings: the counts seen in training and the counts held back for testing.
+SETTINGS = {"extrapolation": ((0, 1, 2), (3, 4)), "interpolation": ((0, 1, 3), (2,))}
+#: The scenes of each setting: N (max_steps) and the digit size. Extrapolation is scored on 3 and 4 digits, so it
+#: needs N = 4 and digits small enough that four fit apart on 50x50 (20 px; at 24 px only 0.7% of placements
+#: keep four digits apart); interpolation keeps the earlier experiment's N = 3 and 24 px digits.
+SETTING_SCENES = {"extrapolation": {"max_steps": 4, "digit_size": 20},
+                  "interpolation": {"max_steps": 3, "digit_size": 24}}
+#: Count accuracy on the unseen count in the paper (read off its figure of this experiment; it shows no 4-digit
+#: test and no memoryless DAIR, hence None).
+PAPER_GENERALISATION = {"extrapolation": {3: {"air": 0.0, "dair": 0.80, "dair_memoryless": None},
+                                          4: {"air": None, "dair": None, "dair_memoryless": None}},
+                        "interpolation": {2: {"air": 0.60, "dair": 0.95, "dair_memoryless": None}}}
+#: air: the paper's AIR; dair: the paper's Difference AIR; dair_memoryless: DAIR whose steps have no memory
+#: (ModelConfig.dair_memory = False): each step is one function of the residual image
+MODELS = ("air", "dair", "dair_memoryless")
+LABELS = {"air": "AIR", "dair": "DAIR", "dair_memoryless": "DAIR, memoryless"}
 TASKS = ("sum", "ascending")
 
 
@@ -115,98 +125,132 @@ def _count_accuracy(model, images: np.ndarray, counts: np.ndarray) -> tuple[floa
 # ============================================================================================================
 @dataclass
 class GeneralisationConfig:
-    """``air experiment generalisation``. The defaults are the full experiment: four training runs of 3000 steps
-    (half the default ``air train``: 22 minutes in all on one of our 2-core machines with one thread)."""
+    """``air experiment generalisation``. The defaults are the full experiment: for each of ``seeds`` seeds, each
+    setting and each model one training run of ``steps`` steps."""
 
     steps: int = 3000  # training steps of each run
-    seed: int = 0
+    seed: int = 0  # the first seed; the runs use seed, seed + 1, ..., seed + seeds - 1
+    seeds: int = 3
     threads: int | None = None
     settings: tuple[str, ...] = ("extrapolation", "interpolation")
     models: tuple[str, ...] = MODELS
-    max_steps: int = 3  # N (with N = 4, AIR learned to split each 24 px digit in two, see the module docstring)
-    digit_size: int = 24  # three 28 px digits cannot be placed apart on 50x50 (see the module docstring)
+    max_steps: int | None = None  # N; None: the setting's (SETTING_SCENES)
+    digit_size: int | None = None  # None: the setting's (SETTING_SCENES)
     n_train: int = 60_000  # training scenes per run (MNIST train digits)
     n_heldout: int = 2_000  # held-out scenes with the training counts (MNIST test digits)
-    n_test: int = 2_000  # held-out scenes with the unseen count (MNIST test digits)
-    eval_every: int = 500  # learning curve: accuracy on the unseen count every this many steps
+    n_test: int = 2_000  # held-out scenes per unseen count (MNIST test digits)
+    eval_every: int = 500  # learning curve: accuracy on the unseen counts every this many steps
     batch_size: int = 64
     data_seed: int = 0
     data_dir: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)  # everything but max_steps and dair
+    model: ModelConfig = field(default_factory=ModelConfig)  # everything but max_steps, dair and dair_memory
 
     def __post_init__(self) -> None:
         self.settings, self.models = tuple(self.settings), tuple(self.models)
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        _check(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
         _check(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
         _check(len(self.settings) > 0 and all(s in SETTINGS for s in self.settings),
                f"settings must be some of {tuple(SETTINGS)}, got {self.settings}")
         _check(len(self.models) > 0 and all(m in MODELS for m in self.models),
                f"models must be some of {MODELS}, got {self.models}")
-        most = max(max(SETTINGS[s][0] + (SETTINGS[s][1],)) for s in self.settings)
-        _check(self.max_steps >= most, f"max_steps (N) must be at least {most} to count {most} digits, got "
-               f"{self.max_steps}")
-        for name in ("n_train", "n_heldout", "n_test", "eval_every", "batch_size", "digit_size"):
+        most = max(max(SETTINGS[s][0] + SETTINGS[s][1]) for s in self.settings)
+        _check(self.max_steps is None or self.max_steps >= most, f"max_steps (N) must be at least {most} to count "
+               f"{most} digits, got {self.max_steps}")
+        for name in ("n_train", "n_heldout", "n_test", "eval_every", "batch_size"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        _check(self.digit_size is None or self.digit_size >= 1, f"digit_size must be at least 1, got {self.digit_size}")
 
-    def run_config(self, setting: str, model: str) -> RunConfig:
+    def scenes(self, setting: str) -> tuple[int, int]:
+        """(N, digit size) of ``setting``'s runs and scenes."""
+        own = SETTING_SCENES[setting]
+        return (self.max_steps if self.max_steps is not None else own["max_steps"],
+                self.digit_size if self.digit_size is not None else own["digit_size"])
+
+    def run_config(self, setting: str, model: str, seed: int | None = None) -> RunConfig:
         counts, _ = SETTINGS[setting]
-        m = dataclasses.replace(self.model, max_steps=self.max_steps, dair=model == "dair")
-        t = TrainConfig(steps=self.steps, seed=self.seed, threads=self.threads, batch_size=self.batch_size,
-                        eval_every=self.eval_every, eval_size=self.n_heldout, checkpoint_every=max(self.steps, 1000),
-                        n_train=self.n_train, n_test=self.n_heldout, digit_size=self.digit_size, counts=counts,
-                        data_seed=self.data_seed, data_dir=self.data_dir)
+        n, size = self.scenes(setting)
+        m = dataclasses.replace(self.model, max_steps=n, dair=model != "air", dair_memory=model != "dair_memoryless")
+        t = TrainConfig(steps=self.steps, seed=self.seed if seed is None else seed, threads=self.threads,
+                        batch_size=self.batch_size, eval_every=self.eval_every, eval_size=self.n_heldout,
+                        checkpoint_every=max(self.steps, 1000), n_train=self.n_train, n_test=self.n_heldout,
+                        digit_size=size, counts=counts, data_seed=self.data_seed, data_dir=self.data_dir)
         return RunConfig(model=m, train=t)
 
 
-def unseen_count_scenes(cfg: GeneralisationConfig, count: int):
-    """Held-out scenes (MNIST test digits) that all hold ``count`` digits, drawn like the training scenes."""
+def unseen_count_scenes(cfg: GeneralisationConfig, count: int, setting: str):
+    """Held-out scenes (MNIST test digits) that all hold ``count`` digits, drawn like ``setting``'s training
+    scenes."""
     from .scenes import SceneConfig, load_or_make_scenes
 
-    sc = SceneConfig(canvas_size=cfg.model.image_size, digit_size=cfg.digit_size, counts=(count,),
+    sc = SceneConfig(canvas_size=cfg.model.image_size, digit_size=cfg.scenes(setting)[1], counts=(count,),
                      seed=cfg.data_seed + 2)
     return load_or_make_scenes("test", cfg.n_test, sc, data_dir=cfg.data_dir)
 
 
 def generalisation(cfg: GeneralisationConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train AIR and DAIR for each setting, score count accuracy on the unseen count, and write
-    ``generalisation.json``, ``.md`` and ``.png`` into ``out_dir``. Returns the JSON's dict."""
+    """Train AIR and DAIR for each setting and seed, score count accuracy on each unseen count (and on the
+    training counts), and write ``generalisation.json``, ``.md`` and ``.png`` into ``out_dir``. Returns the
+    JSON's dict: per setting and model, each seed's numbers and their mean and spread."""
     out_dir = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.time()
     results: dict[str, dict] = {}
     for setting in cfg.settings:
-        train_counts, test_count = SETTINGS[setting]
-        test = unseen_count_scenes(cfg, test_count)
-        results[setting] = {"train_counts": list(train_counts), "test_count": test_count}
+        train_counts, test_counts = SETTINGS[setting]
+        tests = {c: unseen_count_scenes(cfg, c, setting) for c in test_counts}
+        n, size = cfg.scenes(setting)
+        results[setting] = {"train_counts": list(train_counts), "test_counts": list(test_counts), "N": n,
+                            "digit_size": size}
         for name in cfg.models:
-            run_cfg = cfg.run_config(setting, name)
-            run_dir = out_dir / "generalisation_runs" / f"{setting}-{name}"
-            curve: list[tuple[int, float]] = []
-            record = lambda model, step: curve.append(  # noqa: E731
-                (step, _count_accuracy(model, test.images, test.counts)[0]))
-            t0 = time.time()
-            model, summary, reused = _train_or_reuse(run_cfg, run_dir, progress, record)
-            acc, hist = _count_accuracy(model, test.images, test.counts)
-            if reused:  # the learning curve recorded when the run was trained
-                curve = [tuple(p) for p in _read_json(run_dir / "unseen_count_curve.json").get("curve", [])]
-            if not curve or curve[-1][0] != summary["steps"]:
-                curve.append((summary["steps"], acc))
-            _write_json(run_dir / "unseen_count_curve.json", {"test_count": test_count, "curve": curve})
-            results[setting][name] = {
-                "unseen_count_acc": acc, "predicted_count_histogram": hist, "n_unseen": len(test),
-                "seen_counts_acc": summary["held_out_count_acc"], "n_seen": summary["held_out_n"],
-                "train_minutes": summary["train_minutes"], "wall_minutes": round((time.time() - t0) / 60, 2),
-                "reused_run": reused, "run_dir": str(run_dir), "curve": [[int(s), float(a)] for s, a in curve],
-                "paper_unseen_count_acc": PAPER_GENERALISATION[setting][name]}
+            runs = []
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+                runs.append(_generalisation_run(cfg, setting, name, seed, tests, out_dir, progress))
+            results[setting][name] = {"runs": runs, "summary": _spread(runs, test_counts)}
     out = {"experiment": "generalisation", "config": dataclasses.asdict(cfg),
-           "settings": {"canvas": cfg.model.image_size, "digit_size": cfg.digit_size, "N": cfg.max_steps,
-                        "overlap": "ink boxes disjoint", "test_digits": "MNIST test",
+           "settings": {"canvas": cfg.model.image_size, "overlap": "ink boxes disjoint", "test_digits": "MNIST test",
                         "model": "final model (last.pt) of each run"},
-           "paper": PAPER_GENERALISATION, "results": results, "minutes": round((time.time() - started) / 60, 2),
+           "paper": {s: {str(c): v for c, v in p.items()} for s, p in PAPER_GENERALISATION.items()},
+           "results": results, "minutes": round((time.time() - started) / 60, 2),
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     write_generalisation(out, out_dir)
     return out
+
+
+def _generalisation_run(cfg: GeneralisationConfig, setting: str, name: str, seed: int, tests: dict,
+                        out_dir: Path, progress: bool) -> dict:
+    """One training run of the experiment (or the finished run already in its folder) and its scores."""
+    run_cfg = cfg.run_config(setting, name, seed)
+    run_dir = out_dir / "generalisation_runs" / f"{setting}-{name}-seed{seed}"
+    curve: list[list] = []
+    record = lambda model, step: curve.append(  # noqa: E731
+        [step, {str(c): _count_accuracy(model, t.images, t.counts)[0] for c, t in tests.items()}])
+    t0 = time.time()
+    model, summary, reused = _train_or_reuse(run_cfg, run_dir, progress, record)
+    scores = {str(c): _count_accuracy(model, t.images, t.counts) for c, t in tests.items()}
+    final = {c: acc for c, (acc, _) in scores.items()}
+    if reused:  # the learning curve recorded when the run was trained
+        curve = _read_json(run_dir / "unseen_count_curve.json").get("curve", [])
+    if not curve or curve[-1][0] != summary["steps"]:
+        curve.append([summary["steps"], final])
+    _write_json(run_dir / "unseen_count_curve.json", {"curve": curve})
+    return {"seed": seed, "unseen_count_acc": final,
+            "predicted_count_histogram": {c: hist for c, (_, hist) in scores.items()},
+            "n_unseen": {str(c): len(t) for c, t in tests.items()},
+            "seen_counts_acc": summary["held_out_count_acc"], "n_seen": summary["held_out_n"],
+            "restarts": len(summary.get("restarts", [])), "traps": [t["name"] for t in summary.get("traps", [])],
+            "train_minutes": summary["train_minutes"], "wall_minutes": round((time.time() - t0) / 60, 2),
+            "reused_run": reused, "run_dir": str(run_dir), "curve": curve}
+
+
+def _spread(runs: list[dict], test_counts) -> dict:
+    """Mean, standard deviation, min and max over the seeds, per unseen count and for the training counts."""
+    def stats(values):
+        v = np.asarray(values, np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+    return {"unseen_count_acc": {str(c): stats([r["unseen_count_acc"][str(c)] for r in runs]) for c in test_counts},
+            "seen_counts_acc": stats([r["seen_counts_acc"] for r in runs]), "seeds": [r["seed"] for r in runs]}
 
 
 def _read_json(path: Path) -> dict:
@@ -218,21 +262,25 @@ def _read_json(path: Path) -> dict:
 
 def generalisation_table(out: dict) -> str:
     c = out["config"]
-    lines = [f"Count accuracy on scenes with a digit count never seen in training ({c['n_test']} held-out scenes "
-             f"of MNIST test digits per setting; {c['steps']} training steps per run, seed {c['seed']}, "
-             f"N = {c['max_steps']}, {c['digit_size']} px digits on a {out['settings']['canvas']} px canvas).",
-             "", "| setting | train counts | test count | model | accuracy on the unseen count | paper | "
-             "accuracy on the training counts | predicted counts on the unseen scenes (0..N) | training minutes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    seeds = f"seeds {c['seed']}-{c['seed'] + c['seeds'] - 1}" if c["seeds"] > 1 else f"seed {c['seed']}"
+    lines = [f"Count accuracy on scenes with a digit count never seen in training ({c['n_test']} held-out scenes of "
+             f"MNIST test digits per count; {c['steps']} training steps per run, {seeds}, mean +- std over the "
+             f"seeds (min-max), on a {out['settings']['canvas']} px canvas).", "",
+             "| setting (N, digit size) | train counts | test count | model | accuracy on the unseen count | paper | "
+             "accuracy on the training counts | restarts |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for setting, r in out["results"].items():
-        for name in MODELS:
-            if name not in r:
-                continue
-            m = r[name]
-            lines.append(f"| {setting} | {','.join(map(str, r['train_counts']))} | {r['test_count']} | "
-                         f"{name.upper()} | **{m['unseen_count_acc']:.1%}** | about {m['paper_unseen_count_acc']:.0%} "
-                         f"| {m['seen_counts_acc']:.1%} | {' / '.join(map(str, m['predicted_count_histogram']))} "
-                         f"| {m['train_minutes']} |")
+        for count in r["test_counts"]:
+            for name in MODELS:
+                if name not in r:
+                    continue
+                u, seen = r[name]["summary"]["unseen_count_acc"][str(count)], r[name]["summary"]["seen_counts_acc"]
+                paper = out["paper"][setting][str(count)][name]
+                lines.append(f"| {setting} (N = {r['N']}, {r['digit_size']} px) | {','.join(map(str, r['train_counts']))} "
+                             f"| {count} | {LABELS[name]} | "
+                             f"**{u['mean']:.1%}** +- {u['std']:.1%} ({u['min']:.1%}-{u['max']:.1%}) | "
+                             f"{'about ' + format(paper, '.0%') if paper is not None else 'not shown'} | "
+                             f"{seen['mean']:.1%} (min {seen['min']:.1%}) | "
+                             f"{sum(run['restarts'] for run in r[name]['runs'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -242,16 +290,22 @@ def write_generalisation(out: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "generalisation.json", out)
     _write_text(out_dir / "generalisation.md", generalisation_table(out))
-    series = {}
+    series, bands = {}, {}
     for setting, r in out["results"].items():
-        for name in MODELS:
-            if name in r and r[name]["curve"]:
-                steps, accs = zip(*r[name]["curve"])
-                series[f"{setting} (test on {r['test_count']}): {name.upper()}"] = (steps, accs)
+        for count in r["test_counts"]:
+            for name in MODELS:
+                curves = [run["curve"] for run in r.get(name, {}).get("runs", []) if run["curve"]]
+                steps = sorted(set.intersection(*[{p[0] for p in cv} for cv in curves])) if curves else []
+                if not steps:
+                    continue
+                per_step = [[dict(cv)[s][str(count)] for cv in curves] for s in steps]
+                label = f"{setting}, test on {count}: {LABELS[name]}"
+                series[label] = (steps, [float(np.mean(v)) for v in per_step])
+                bands[label] = (steps, [min(v) for v in per_step], [max(v) for v in per_step])
     if series:
         line_plot(series, out_dir / "generalisation.png", xlabel="training step",
-                  ylabel="count accuracy on the unseen count", y_range=(0.0, 1.0),
-                  title="AIR vs DAIR: count accuracy on a digit count never seen in training")
+                  ylabel="count accuracy on the unseen count", y_range=(0.0, 1.0), bands=bands,
+                  title="AIR vs DAIR on digit counts never seen in training (mean, band: min-max over seeds)")
 
 
 # ============================================================================================================

@@ -240,6 +240,8 @@ class AIR(nn.Module):
         for i in range(n):
             seen = x - canvas if cfg.dair else x
             latents = torch.cat([z_where_prev, z_what_prev, z_pres_prev[:, None]], -1)
+            if not cfg.dair_memory:  # a memoryless DAIR step: what it sees is the residual image, nothing else
+                latents, state = torch.zeros_like(latents), self.lstm.initial_state(b, x)
             proj = self.lstm.project_image(seen.flatten(1)) if cfg.dair else image_proj
             state = self.lstm(proj, latents, state)
             h = state[0]
