@@ -112,7 +112,7 @@ def test_metrics_lines_that_are_json_but_not_records_are_dropped_on_resume(tmp_p
 def test_air_data_never_writes_its_preview_over_the_scenes(tmp_path, capsys):
     for argv, expected in ((["data", str(tmp_path / "x.png"), "--n", "4", "--dataset", "sprites"], "ending in .npz"),
                            (["data", str(tmp_path / "x.npz"), "--n", "4", "--dataset", "sprites", "--preview",
-                             str(tmp_path / "x.npz")], "is the scene file itself")):
+                             str(tmp_path / "x.npz")], "ending in .png")):
         assert main(argv) == 2
         assert expected in error_line(capsys)
     assert not list(tmp_path.iterdir())  # nothing written
@@ -242,7 +242,8 @@ def test_outputs_that_cannot_be_written_stop_eval_and_infer_before_the_work(tmp_
     a_file = tmp_path / "file.txt"
     a_file.write_text("keep me")
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --json"))
-    assert main(["eval", str(ckpt), "--json", str(tmp_path)]) == 2
+    (tmp_path / "out.json").mkdir()
+    assert main(["eval", str(ckpt), "--json", str(tmp_path / "out.json")]) == 2
     assert "is a folder" in error_line(capsys)
     assert main(["eval", str(ckpt), "--json", str(a_file / "x.json")]) == 2
     assert "cannot write" in error_line(capsys)
@@ -324,3 +325,93 @@ def test_a_folder_that_cannot_be_listed_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", refuse)  # as a folder without read permission does (the tests run as root)
     with pytest.raises(DataError, match="cannot read the folder.*Permission denied"):
         read_inputs([tmp_path])
+
+
+# ------------------------------------------------------------------ found by an independent review (issue 17)
+def test_eval_json_and_data_preview_must_name_their_own_kind_of_file(tmp_path, tiny_config, capsys):
+    ckpt = fake_checkpoint(tmp_path / "best.pt", tiny_config)
+    before = ckpt.read_bytes()
+    for target in (ckpt, tmp_path / "metrics.jsonl", tmp_path / "scenes.npz"):
+        assert main(["eval", str(ckpt), "--iw-samples", "0", "--json", str(target)]) == 2
+        assert "ending in .json" in error_line(capsys)
+    assert main(["data", str(tmp_path / "x.npz"), "--n", "4", "--dataset", "sprites", "--preview", str(ckpt)]) == 2
+    assert "ending in .png" in error_line(capsys)
+    assert ckpt.read_bytes() == before and not (tmp_path / "x.npz").exists()
+
+
+@needs_mnist
+@pytest.mark.parametrize("damage", ["nan_weights", "nan_lr_scale", "text_step", "negative_step", "bad_rng",
+                                    "bad_order"])
+def test_resume_refuses_a_damaged_training_state_and_keeps_best(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "4", "--run-dir", str(run), *TINY]) == 0
+    (run / "summary.json").unlink()
+    best = (run / "best.pt").read_bytes()
+    state = torch.load(run / "last.pt", weights_only=True)
+    if damage == "nan_weights":
+        name = next(iter(state["model"]))
+        state["model"][name] = torch.full_like(state["model"][name], math.nan)
+    elif damage == "nan_lr_scale":
+        state["lr_scale"] = math.nan
+    elif damage == "text_step":
+        state["step"] = "x"
+    elif damage == "negative_step":
+        state["step"] = -5
+    elif damage == "bad_rng":
+        state["rng"] = {"x": 1}
+    else:
+        state["data_order"] = "x"
+    save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    capsys.readouterr()
+    assert main(["train", "--resume", "--run-dir", str(run), "--steps", "8", "--no-progress"]) == 2
+    line = error_line(capsys)
+    assert "NaN or infinite" in line or "training state is damaged" in line
+    assert (run / "best.pt").read_bytes() == best
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--minutes", "nan"], "minutes"), (["--minutes", "inf"], "minutes"), (["--grad-clip", "nan"], "grad_clip"),
+    (["--grad-clip", "-1"], "grad_clip must be positive"), (["--threads", "-1"], "threads must be at least 1"),
+    (["--threads", "0"], "threads must be at least 1")])
+def test_bad_optional_train_options_get_one_line(tmp_path, capsys, argv, expected):
+    assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY, *argv]) == 2
+    assert expected in error_line(capsys)
+
+
+def test_a_nan_evaluation_never_becomes_best():
+    from attend_infer_repeat.train import _rank_key
+
+    good = {"count_acc": 0.3, "elbo": 100.0}
+    for bad in ({"count_acc": 0.9, "elbo": math.nan}, {"count_acc": math.nan, "elbo": 200.0},
+                {"count_acc": 0.3, "elbo": math.nan}):
+        assert _rank_key(bad) < _rank_key(good)
+    assert _rank_key({"count_acc": None, "elbo": 50.0}) > _rank_key({"count_acc": None, "elbo": math.nan})
+
+
+def test_report_on_a_folder_that_is_not_a_run_writes_nothing(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "without best.pt or last.pt" in error_line(capsys)
+    assert not (tmp_path / "report").exists()
+
+
+def test_experiment_out_naming_a_file_is_refused_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for name in ("generalisation", "downstream"):
+        assert main(["experiment", name, "--out", str(a_file), "--quick"]) == 2
+        assert "is a file, not a folder" in error_line(capsys)
+
+
+def test_scenes_hold_at_most_64_objects():
+    with pytest.raises(InputError, match="at most 64"):
+        SceneConfig(dataset="sprites", canvas_size=4096, digit_size=10, counts=(1000,))
+
+
+def test_a_pickle_that_needs_code_is_refused_without_suggesting_unsafe_loading(tmp_path):
+    import argparse
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "attend-infer-repeat/checkpoint", "obj": argparse.Namespace(a=1)}, path)  # a class
+    with pytest.raises(CheckpointError, match="could run code") as e:
+        load_run(path)
+    assert "weights_only=False" not in str(e.value)

@@ -54,6 +54,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or a pickle that wants to run code
+        if "Unsupported global" in str(e):  # the pickle asks for a class or function: code to run
+            raise CheckpointError(f"{p} holds Python objects other than tensors and plain values; it is refused, "
+                                  "since loading it could run code: pass a checkpoint written by 'air train'") from e
         raise CheckpointError(f"{p} is not a readable attend-infer-repeat checkpoint (it may be truncated, "
                               f"corrupt, or another kind of file): {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
@@ -92,11 +95,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
         model.baseline = None
         weights = {k: v for k, v in weights.items() if not k.startswith("baseline.")}
     check_state_dict(model, weights, p)
-    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if broken:
-        raise CheckpointError(f"{p}: the weights hold NaN or infinite values ({', '.join(broken[:3])}"
-                              f"{', ...' if len(broken) > 3 else ''}); the run diverged or the file was damaged: "
-                              "use an earlier checkpoint (best.pt) or train again")
+    check_finite(weights, p)
     model.load_state_dict(weights)
     step = state.get("step", 0)
     return model.to(device).eval(), config, int(step) if isinstance(step, int) else 0
@@ -111,6 +110,15 @@ def _baseline_differs(model, weights: dict[str, torch.Tensor]) -> bool:
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the AIR model a checkpoint holds, in eval mode."""
     return load_run(path, device)[0]
+
+
+def check_finite(weights: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights that hold NaN or infinity, naming the tensors."""
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({', '.join(broken[:3])}"
+                              f"{', ...' if len(broken) > 3 else ''}); the run diverged or the file was damaged: "
+                              "use an earlier checkpoint (best.pt) or train again")
 
 
 def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:

@@ -149,8 +149,8 @@ def _run_data(args) -> int:
     preview = None
     if args.preview_n > 0:
         preview = Path(args.preview) if args.preview else out.with_suffix(".png")
-        if preview.resolve() == out.resolve():
-            raise InputError(f"--preview {preview} is the scene file itself; give the preview another name")
+        if preview.suffix.lower() != ".png":  # never the scene file itself, a checkpoint or another data file
+            raise InputError(f"--preview {preview}: the preview is a PNG picture: name a file ending in .png")
         ensure_writable(preview)
     ensure_writable(out)
     # Progress of slow steps (CSV parsing, downloads) goes to stderr while this command runs.
@@ -419,7 +419,10 @@ def _resumed_config(args):
     if ignored:
         print(f"air train: ignoring {', '.join(ignored)}: a resumed run keeps its own configuration "
               f"({run / 'config.json'})", file=sys.stderr)
-    step, seconds = int(state.get("step", 0)), float(state.get("train_seconds", 0.0))
+    step, seconds = state.get("step", 0), state.get("train_seconds", 0.0)
+    if type(step) is not int or step < 0 or not isinstance(seconds, (int, float)):
+        raise CheckpointError(f"{last} cannot be resumed from: its training state is damaged (step {step!r}, "
+                              f"clock {seconds!r}); evaluate best.pt, or start a new run in another --run-dir")
     spent = step >= t.steps or (t.minutes is not None and seconds >= 60 * t.minutes)
     if spent and (run / "summary.json").is_file():
         budget = f"{t.steps} steps" + (f" or {t.minutes:g} minutes" if t.minutes else "")
@@ -469,7 +472,11 @@ def _run_eval(args) -> int:
     from .files import ensure_writable
 
     ckpt = resolve_checkpoint(args.checkpoint)
-    out = ensure_writable(Path(args.json) if args.json else ckpt.parent / "eval.json")  # before the evaluation
+    out = Path(args.json) if args.json else ckpt.parent / "eval.json"
+    if out.suffix.lower() != ".json":  # never a checkpoint, a scene file or metrics.jsonl by a slip of the hand
+        from .errors import InputError
+        raise InputError(f"--json {out}: the results are written as JSON: name a file ending in .json")
+    ensure_writable(out)  # before the evaluation
     model, cfg, step = load_run(ckpt, device=args.device)
     data = load_eval_data(args.data, model, cfg, args.n)
     result = evaluate(model, data, iw_samples=args.iw_samples, iw_images=args.iw_n, train_step=step,
@@ -721,6 +728,9 @@ def _add_experiment(sub) -> None:
 def _run_experiment(args) -> int:
     from .experiments import DownstreamConfig, GeneralisationConfig, downstream, generalisation
 
+    from .files import ensure_writable
+
+    ensure_writable(args.out, folder=True)  # before any training
     given = {k: getattr(args, k) for k in ("steps", "n_train", "n_test", "eval_every", "budgets", "seeds")
              if getattr(args, k, None) is not None}
     options = {**(_QUICK[args.experiment] if args.quick else {}), **given}

@@ -219,6 +219,9 @@ class TrainConfig:
         _check(self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         _check(self.restarts >= 0, "restarts must be >= 0")
+        _check(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive (a norm to clip to), "
+               f"got {self.grad_clip}")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1 and self.log_every >= 1,
                "eval_every, checkpoint_every and log_every must be at least 1")
         _check(self.n_train >= 1 and self.n_test >= 1, "n_train and n_test must be at least 1")
@@ -275,6 +278,8 @@ def _check_types(config) -> None:
 
 
 def _is_kind(value, kind: str) -> bool:
+    if kind == "None":  # None itself is accepted before; any other value is not of this kind
+        return False
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":

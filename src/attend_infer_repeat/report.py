@@ -20,7 +20,7 @@ import torch
 
 from .errors import DataError
 from .evaluate import evaluate, load_eval_data, load_run
-from .files import atomic_write
+from .files import atomic_write, ensure_writable
 from .visualise import (
     DEFAULT_COLOURS,
     draw_confusion,
@@ -192,9 +192,8 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     run = Path(run_dir)
     if not run.is_dir():
         raise DataError(f"{run}: no such run directory")
-    out = run / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    model, cfg, step = load_run(checkpoint if checkpoint is not None else run)
+    model, cfg, step = load_run(checkpoint if checkpoint is not None else run)  # a run, before writing into it
+    out = ensure_writable(run / "report", folder=True)
     # every sampled number below is seeded locally (evaluate, the prior samples), so the report is repeatable
     scenes = data if data is not None and not isinstance(data, (str, os.PathLike, list, tuple)) else \
         load_eval_data(data, model, cfg, n_eval, invert)

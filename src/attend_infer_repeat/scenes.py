@@ -74,6 +74,7 @@ MIN_ACCEPTANCE = 0.01
 #: a mistyped --n or --canvas-size gets an estimate and an error, not a machine that runs out of memory.
 MAX_SCENE_BYTES = 4 * 2**30
 MAX_CANVAS_SIZE = 4096
+MAX_OBJECTS = 64
 
 
 def scene_bytes(n: int, config: "SceneConfig") -> int:
@@ -162,6 +163,8 @@ class SceneConfig:
         if not all(_is_int(c) and c >= 0 for c in counts):
             raise InputError(f"counts must be non-negative integers, got {counts!r}")
         counts = tuple(int(c) for c in counts)
+        if max(counts) > MAX_OBJECTS:  # also the bound on a model's steps (config.MODEL_LIMITS)
+            raise InputError(f"counts must be at most {MAX_OBJECTS} objects per scene, got {max(counts)}")
         if len(set(counts)) != len(counts):
             raise InputError(f"counts must be distinct (each is drawn with equal probability), got {counts!r}")
         object.__setattr__(self, "counts", counts)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_write_bytes, check_state_dict, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_bytes, check_finite, check_state_dict, load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .diagnose import RESTART_TRAPS
 from .errors import AIRError, CheckpointError, InputError
@@ -422,17 +422,27 @@ class Trainer:
             raise CheckpointError(f"{path} was trained with another model configuration; resume without "
                                   "changing model options (or start a new run directory)")
         check_state_dict(self.model, state["model"], path)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.step, self.train_s, self.best = state["step"], state["train_seconds"], state["best"]
-        self.skipped_steps = state.get("skipped_steps", 0)
-        self.rollbacks, self.lr_scale = state.get("rollbacks", 0), state.get("lr_scale", 1.0)
-        self.restarts = json.loads(state.get("restarts", "[]"))
-        torch.set_rng_state(state["rng"]["torch"])
-        self.order_gen.set_state(state["rng"]["order"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.perm, self.pos = state["data_order"]["perm"], state["data_order"]["pos"]
+        check_finite(state["model"], path)  # never train on (and save as best) the weights of a diverged run
+        try:
+            step, seconds, best = state["step"], float(state["train_seconds"]), state["best"]
+            lr_scale = float(state.get("lr_scale", 1.0))
+            if type(step) is not int or step < 0 or not math.isfinite(seconds) or not isinstance(best, dict) or \
+                    not (math.isfinite(lr_scale) and lr_scale > 0) or not isinstance(state["data_order"], dict):
+                raise ValueError("step, clock, best, lr_scale or data order out of range")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.step, self.train_s, self.best = step, seconds, best
+            self.skipped_steps = int(state.get("skipped_steps", 0))
+            self.rollbacks, self.lr_scale = int(state.get("rollbacks", 0)), lr_scale
+            self.restarts = json.loads(state.get("restarts", "[]"))
+            torch.set_rng_state(state["rng"]["torch"])
+            self.order_gen.set_state(state["rng"]["order"])
+            if state["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            self.perm, self.pos = state["data_order"]["perm"], int(state["data_order"]["pos"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{path} cannot be resumed from: its training state is damaged ({type(e).__name__}: "
+                                  f"{e}); evaluate best.pt, or start a new run in another --run-dir") from e
 
     # ------------------------------------------------------------------------------------------- one step
     def autocast(self):
@@ -770,8 +780,10 @@ class Trainer:
 
 def _rank_key(ev: dict) -> tuple[float, float]:
     """What "best" means: held-out count accuracy, then ELBO (the ELBO alone where images have no counts)."""
-    acc = ev["count_acc"]
-    return (-1.0 if acc is None else acc, ev["elbo"])
+    acc, elbo = ev["count_acc"], ev["elbo"]
+    if elbo != elbo or (acc is not None and acc != acc):  # a diverged evaluation never replaces a good best.pt
+        return (-2.0, -math.inf)
+    return (-1.0 if acc is None else acc, elbo)
 
 
 def peak_rss_gib() -> float:
