@@ -153,6 +153,7 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"generalisation.{ext}").is_file()
     assert json.loads((tmp_path / "generalisation.json").read_text()) == json.loads(json.dumps(out))
+    assert out["machine"]["cpu"] and "precision" in out["results"]["interpolation"]["air"]["runs"][0]
     assert out["results"]["extrapolation"]["test_counts"] == [3, 4]
     assert out["results"]["interpolation"]["test_counts"] == [2]
     assert out["results"]["extrapolation"]["N"] == 4 and out["results"]["interpolation"]["N"] == 3
@@ -212,3 +213,11 @@ def test_downstream_end_to_end_tiny(tmp_path, tiny_experiment_model):
     again = downstream(cfg2, tmp_path / "again", progress=False)
     assert not again["air"]["trained_here"]
     assert again["results"]["sum"]["summary"] == out["results"]["sum"]["summary"]
+
+
+def test_results_record_where_they_were_measured():
+    from attend_infer_repeat.provenance import machine
+
+    m = machine()
+    assert set(m) >= {"git_commit", "cpu", "native_bf16", "precision_auto", "torch"}
+    assert m["precision_auto"] == ("bf16" if m["native_bf16"] else "fp32")

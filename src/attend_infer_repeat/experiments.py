@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .config import ModelConfig, RunConfig, TrainConfig, _check
 from .errors import InputError
 from .files import atomic_write
+from .provenance import machine
 
 #: The two generalisation settings: the counts seen in training and the counts held back for testing.
 SETTINGS = {"extrapolation": ((0, 1, 2), (3, 4)), "interpolation": ((0, 1, 3), (2,))}
@@ -213,7 +214,7 @@ def generalisation(cfg: GeneralisationConfig, out_dir: str | Path, progress: boo
                         "model": "final model (last.pt) of each run"},
            "paper": {s: {str(c): v for c, v in p.items()} for s, p in PAPER_GENERALISATION.items()},
            "results": results, "minutes": round((time.time() - started) / 60, 2),
-           "threads": torch.get_num_threads(), "torch": torch.__version__}
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine()}
     write_generalisation(out, out_dir)
     return out
 
@@ -240,6 +241,7 @@ def _generalisation_run(cfg: GeneralisationConfig, setting: str, name: str, seed
             "n_unseen": {str(c): len(t) for c, t in tests.items()},
             "seen_counts_acc": summary["held_out_count_acc"], "n_seen": summary["held_out_n"],
             "restarts": len(summary.get("restarts", [])), "traps": [t["name"] for t in summary.get("traps", [])],
+            "precision": summary.get("precision"), "compiled": summary.get("compiled"),
             "train_minutes": summary["train_minutes"], "wall_minutes": round((time.time() - t0) / 60, 2),
             "reused_run": reused, "run_dir": str(run_dir), "curve": curve}
 
@@ -551,7 +553,7 @@ def downstream(cfg: DownstreamConfig, out_dir: str | Path, progress: bool = True
                "training": "both classifiers: Adam, the same labelled scenes and the same number of steps per budget"},
            "results": results, "air_minutes": round(air_minutes, 2),
            "minutes": round((time.time() - started) / 60, 2), "threads": torch.get_num_threads(),
-           "torch": torch.__version__}
+           "torch": torch.__version__, "machine": machine()}
     write_downstream(out, out_dir)
     return out
 
