@@ -80,12 +80,10 @@ def box_iou(a, b) -> np.ndarray:
 
 
 def linear_assignment(cost) -> tuple[np.ndarray, np.ndarray]:
-    """Exact minimum-cost assignment of a (R, C) cost matrix (the Hungarian method): ``min(R, C)`` pairs
-    ``(rows[i], cols[i])``, each row and column used at most once, with the smallest total cost.
+    """Exact minimum-cost assignment of a (R, C) cost matrix (SciPy's ``linear_sum_assignment``): ``min(R, C)``
+    pairs ``(rows[i], cols[i])``, each row and column used at most once, with the smallest total cost."""
+    from scipy.optimize import linear_sum_assignment
 
-    Uses ``scipy.optimize.linear_sum_assignment`` when SciPy is installed; otherwise the O(n^3)
-    shortest-augmenting-path form of the Hungarian algorithm below (no dependency; the matrices here are
-    at most a few objects a side, so speed does not matter, exactness does)."""
     cost = np.asarray(cost, dtype=np.float64)
     if cost.ndim != 2:
         raise InputError(f"cost must be a 2-d matrix, got shape {cost.shape}")
@@ -93,53 +91,8 @@ def linear_assignment(cost) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if not np.isfinite(cost).all():
         raise InputError("cost matrix contains NaN or infinite values")
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError:
-        pass
-    else:
-        r, c = linear_sum_assignment(cost)
-        return r.astype(np.int64), c.astype(np.int64)
-    transposed = cost.shape[0] > cost.shape[1]
-    a = cost.T if transposed else cost  # n rows <= m columns
-    n, m = a.shape
-    inf = float("inf")
-    u, v = np.zeros(n + 1), np.zeros(m + 1)  # potentials (1-based, index 0 is the virtual start)
-    p = np.zeros(m + 1, dtype=np.int64)  # p[j]: the row matched to column j (0 = none)
-    way = np.zeros(m + 1, dtype=np.int64)
-    for i in range(1, n + 1):
-        p[0], j0 = i, 0
-        minv = np.full(m + 1, inf)
-        used = np.zeros(m + 1, dtype=bool)
-        while True:  # grow a tree of tight edges from row i until it reaches a free column
-            used[j0] = True
-            i0, delta, j1 = p[j0], inf, 0
-            for j in range(1, m + 1):
-                if not used[j]:
-                    cur = a[i0 - 1, j - 1] - u[i0] - v[j]
-                    if cur < minv[j]:
-                        minv[j], way[j] = cur, j0
-                    if minv[j] < delta:
-                        delta, j1 = minv[j], j
-            for j in range(m + 1):
-                if used[j]:
-                    u[p[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:  # augment along the path
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-    rows = np.array([p[j] - 1 for j in range(1, m + 1) if p[j]], dtype=np.int64)
-    cols = np.array([j - 1 for j in range(1, m + 1) if p[j]], dtype=np.int64)
-    if transposed:
-        rows, cols = cols, rows
-    order = np.argsort(rows)
-    return rows[order], cols[order]
+    rows, cols = linear_sum_assignment(cost)
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def match_boxes(pred, true) -> list[tuple[int, int, float]]:
