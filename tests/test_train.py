@@ -408,3 +408,24 @@ def test_no_restart_after_the_first_quarter_of_the_budget(tiny_config, tmp_path)
     calls = _trap_at_first_check(tr)
     summary = tr.fit()
     assert summary["restarts"] == [] and calls == [8]  # only the final check ran: step 3 is past 8 / 4
+
+
+def test_progress_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from attend_infer_repeat.train import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stats = {"elbo": 512.5, "train_acc": 0.9, "ips": 1234, "eval_acc": 0.95}
+    for stream, tty in ((Terminal(), True), (io.StringIO(), False)):
+        bar = Progress(100, None, stream=stream)
+        assert (bar.bar is not None) == tty
+        for step in (10, 100):
+            bar.update(step, step * 0.1, stats)
+        bar.close()
+        text = stream.getvalue()
+        assert "step 100/100" in text and "512.5" in text and "held-out 0.950" in text and "1234 img/s" in text
+        assert ("100%|" in text and "\r" in text) if tty else (text.count("\n") == 2 and "\r" not in text)

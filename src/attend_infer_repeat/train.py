@@ -175,13 +175,20 @@ def load_data(cfg: RunConfig) -> Data:
 
 
 class Progress:
-    """A one-line progress bar on a terminal (plain periodic lines otherwise, e.g. in CI logs)."""
+    """tqdm's progress bar on a terminal; plain lines every 10 s otherwise (CI logs stay readable). The bar runs
+    over the budget's fraction (steps, or minutes when those end first), in thousandths."""
 
     def __init__(self, total_steps: int, minutes: float | None, enabled: bool = True, stream=None):
         stream = sys.stderr if stream is None else stream  # looked up now: sys.stderr may have been replaced
         self.total, self.minutes, self.enabled, self.stream = total_steps, minutes, enabled, stream
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.last_line = 0.0
+        self.bar = None
+        if enabled and self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, file=stream, unit="", bar_format="{percentage:3.0f}%|{bar}| {desc}", leave=True,
+                            dynamic_ncols=True)
 
     def update(self, step: int, train_s: float, stats: dict[str, float]) -> None:
         if not self.enabled:
@@ -191,25 +198,23 @@ class Progress:
             frac = max(frac, train_s / (60 * self.minutes))
         frac = min(frac, 1.0)
         left = train_s * (1 - frac) / frac if frac > 0 else float("nan")
-        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
         acc = stats.get("eval_acc")
         train_acc = stats.get("train_acc", float("nan"))
-        line = (f"[{bar}] step {step}/{self.total}  elbo {stats.get('elbo', float('nan')):8.1f}  "
+        line = (f"step {step}/{self.total}  elbo {stats.get('elbo', float('nan')):8.1f}  "
                 f"count acc {'-' if math.isnan(train_acc) else f'{train_acc:.3f}'} (held-out "
                 f"{'-' if acc is None else f'{acc:.3f}'})  {stats.get('ips', 0):6.0f} img/s  "
                 f"left {_fmt_time(left)}")
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.set_description_str(line, refresh=False)
+            self.bar.update(int(1000 * frac) - self.bar.n)
         elif time.time() - self.last_line > 10 or frac >= 1.0:
             self.stream.write(line + "\n")
             self.stream.flush()
             self.last_line = time.time()
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _fmt_time(s: float) -> str:
