@@ -87,3 +87,11 @@ def test_removed_baseline_options_are_refused_and_old_runs_still_load(tmp_path, 
     model = AIR.load(run / "old.pt")
     assert model.config.z_pres_estimator == "nvil" and model.baseline is None
     assert torch.equal(model.lstm.image_proj.weight, state["model"]["lstm.image_proj.weight"])
+
+
+def test_python_dash_m_is_the_air_command():
+    out = subprocess.run([sys.executable, "-m", "attend_infer_repeat", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("attend-infer-repeat ")
+    bad = subprocess.run([sys.executable, "-m", "attend_infer_repeat", "eval", "/nonexistent/run"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "air eval: error:" in bad.stderr
