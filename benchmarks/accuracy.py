@@ -55,10 +55,10 @@ def run_seed(seed: int, run_root: Path, threads: int, extra: list[str]) -> dict:
 
 def score_run(run_dir: Path, sets: dict) -> dict:
     """The final model of a run, through the public API: its held-out scenes and the robustness sets."""
-    from robustness import score
-
     from attend_infer_repeat import AIR
     from attend_infer_repeat.evaluate import evaluate, load_run, run_test_scenes
+
+    from robustness import score
 
     model, cfg, step = load_run(run_dir / "last.pt")
     ev = evaluate(model, run_test_scenes(cfg), iw_samples=0, train_step=step)

@@ -74,9 +74,9 @@ def score(model, sets: dict) -> dict:
 
 
 def main() -> None:
-    from common import machine
-
     from attend_infer_repeat import AIR
+
+    from common import machine
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")

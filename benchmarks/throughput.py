@@ -155,7 +155,8 @@ def paired_with_anchor(data: Data, script: str, rounds: int, seconds: float, anc
             "median_ratio": medians}
 
 
-def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.Tensor], blocks: int) -> dict[str, float]:
+def interleaved_step_seconds(trainers: dict[str, Trainer], batches: list[torch.Tensor],
+                             blocks: int) -> dict[str, float]:
     """Median seconds per training step of each trainer, timed in interleaved blocks of 10 steps (after two blocks
     of warm-up), so that the machine's drift affects all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in trainers}

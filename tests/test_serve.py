@@ -21,13 +21,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import chromium_path, playwright_missing, untrained_checkpoint
-
 from attend_infer_repeat import attention
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.images import prepare
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import MAX_BODY_BYTES, Server, Service, bind
+
+from conftest import chromium_path, playwright_missing, untrained_checkpoint
 
 S = 50
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import untrained_checkpoint
-
 import attend_infer_repeat
 from attend_infer_repeat.errors import DataError, InputError
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import Server, Service, bind
+
+from conftest import untrained_checkpoint
 
 S = 50
 DEADLINE = 1.5  # request_seconds of the test server (the default is 10 s)

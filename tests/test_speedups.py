@@ -65,7 +65,7 @@ def test_fused_adam_matches_plain_adam(tiny_config):
 
 
 def test_bf16_autocast_gives_the_same_elbo_and_gradient_direction(tiny_config):
-    from attend_infer_repeat.train import Trainer, Data
+    from attend_infer_repeat.train import Data, Trainer
 
     x, c = blob_images(64)
     u8 = (x[:, 0] * 255).to(torch.uint8)

@@ -4,12 +4,13 @@ import signal
 
 import pytest
 import torch
-from conftest import blob_images
 
 from attend_infer_repeat import AIR, CheckpointError
 from attend_infer_repeat.checkpoint import load_checkpoint, save_checkpoint
 from attend_infer_repeat.config import RunConfig, TrainConfig
 from attend_infer_repeat.train import Data, Trainer
+
+from conftest import blob_images
 
 
 def tiny_data(n_train=256, n_test=64):

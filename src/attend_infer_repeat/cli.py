@@ -127,14 +127,11 @@ def _run_data(args) -> int:
 
     import numpy as np
 
-    from .scenes import SceneConfig, make_scenes
-    from .visualise import draw_scene_grid
-
     from .config import object_sizes
-
     from .errors import InputError
     from .files import ensure_writable
-    from .scenes import check_scene_budget
+    from .scenes import SceneConfig, check_scene_budget, make_scenes
+    from .visualise import draw_scene_grid
 
     size, max_size = object_sizes(args.dataset, args.digit_size, args.max_digit_size)
     config = SceneConfig(canvas_size=args.canvas_size, digit_size=size, max_digit_size=max_size,
@@ -184,9 +181,7 @@ def _run_data(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- air train
 def _add_train(sub) -> None:
-    from .config import ModelConfig, TrainConfig
-
-    from .config import compile_default
+    from .config import ModelConfig, TrainConfig, compile_default
 
     m, t = ModelConfig(), TrainConfig(compile="auto")  # AIR_COMPILE is checked when a run is configured
     p = sub.add_parser(
@@ -468,7 +463,6 @@ def _run_eval(args) -> int:
 
     from .checkpoint import resolve_checkpoint
     from .evaluate import evaluate, format_table, load_eval_data, load_run
-
     from .files import ensure_writable
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -495,8 +489,8 @@ def _run_eval(args) -> int:
 def _add_infer(sub) -> None:
     p = sub.add_parser(
         "infer", help="find the objects in images: boxes, presence, z_what as JSON, and overlay PNGs",
-        description="Run a trained model on your images. Inputs: PNG, JPEG, GIF, BMP, WebP, TIFF or PGM/PPM files, folders "
-        "(their image and .npy/.npz files, not recursive), .npy arrays (H,W), (N,H,W), (N,1,H,W) or (N,H,W,C) "
+        description="Run a trained model on your images. Inputs: PNG, JPEG, GIF, BMP, WebP, TIFF or PGM/PPM files, "
+        "folders (their image and .npy/.npz files, not recursive), .npy arrays (H,W), (N,H,W), (N,1,H,W) or (N,H,W,C) "
         "and .npz (its 'images' array or its only array). Colour becomes grey by luminance; integer images are "
         "divided by 255 (65535 for 16-bit); dark-on-light images (bright border) are inverted (see --invert); "
         "images of another size are padded to a centred square and resized to the model's size, and the boxes "
@@ -522,10 +516,9 @@ def _run_infer(args) -> int:
 
     from .checkpoint import resolve_checkpoint
     from .evaluate import load_run
+    from .files import ensure_writable
     from .images import prepare, read_inputs
     from .visualise import draw_overlay
-
-    from .files import ensure_writable
 
     ckpt = resolve_checkpoint(args.checkpoint)
     out = ensure_writable(Path(args.out), folder=True)  # before any work
@@ -727,7 +720,6 @@ def _add_experiment(sub) -> None:
 
 def _run_experiment(args) -> int:
     from .experiments import DownstreamConfig, GeneralisationConfig, downstream, generalisation
-
     from .files import ensure_writable
 
     ensure_writable(args.out, folder=True)  # before any training

@@ -186,7 +186,7 @@ class TrainConfig:
     max_digit_size: int | None = None
     counts: tuple[int, ...] = (0, 1, 2)
     max_overlap: float = 0.0  # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
-    allow_overlap: bool = False  # generated scenes: let the objects' ink overlap (by default their ink boxes are disjoint)
+    allow_overlap: bool = False  # generated scenes: let the objects' ink overlap (else their ink boxes are disjoint)
     data_seed: int = 0
     data_dir: str | None = None  # a folder of MNIST (or Fashion-MNIST) IDX files (else cache, package, download)
     dataset: str = "mnist"  # mnist | fashion | sprites: the generated scenes; files: the images at data_path

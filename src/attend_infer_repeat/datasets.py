@@ -24,8 +24,8 @@ def scene_config(cfg, split: str) -> SceneConfig:
     """The SceneConfig of a run's generated ``split`` (held-out scenes use seed ``data_seed + 1``)."""
     t = cfg.train
     return SceneConfig(canvas_size=cfg.model.image_size, digit_size=t.digit_size, max_digit_size=t.max_digit_size,
-                       counts=t.counts, allow_overlap=t.allow_overlap, max_overlap=t.max_overlap, seed=t.data_seed + (split == "test"),
-                       dataset=t.dataset)
+                       counts=t.counts, allow_overlap=t.allow_overlap, max_overlap=t.max_overlap,
+                       seed=t.data_seed + (split == "test"), dataset=t.dataset)
 
 
 def is_scene_file(path: str | Path) -> bool:

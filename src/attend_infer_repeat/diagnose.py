@@ -138,7 +138,8 @@ def check_traps(model: AIR, images, batch_size: int = 500) -> dict:
     rates = {"duplicate_objects": float(marks["duplicate"].mean()),
              "split_objects": float(marks["split"].mean()),
              "blank_objects": float(blank.any(1).mean()),
-             "unexplained_ink": float((marks["unexplained"][scored] > UNEXPLAINED_FRACTION).sum() / max(scored.sum(), 1)),
+             "unexplained_ink": float((marks["unexplained"][scored] > UNEXPLAINED_FRACTION).sum()
+                                      / max(scored.sum(), 1)),
              "constant_count": float(hist[top] / n)}
     traps = []
     for name, rate in rates.items():

@@ -277,8 +277,8 @@ def generalisation_table(out: dict) -> str:
                     continue
                 u, seen = r[name]["summary"]["unseen_count_acc"][str(count)], r[name]["summary"]["seen_counts_acc"]
                 paper = out["paper"][setting][str(count)][name]
-                lines.append(f"| {setting} (N = {r['N']}, {r['digit_size']} px) | {','.join(map(str, r['train_counts']))} "
-                             f"| {count} | {LABELS[name]} | "
+                lines.append(f"| {setting} (N = {r['N']}, {r['digit_size']} px) | "
+                             f"{','.join(map(str, r['train_counts']))} | {count} | {LABELS[name]} | "
                              f"**{u['mean']:.1%}** +- {u['std']:.1%} ({u['min']:.1%}-{u['max']:.1%}) | "
                              f"{'about ' + format(paper, '.0%') if paper is not None else 'not shown'} | "
                              f"{seen['mean']:.1%} (min {seen['min']:.1%}) | "
@@ -319,8 +319,8 @@ def digit_order(boxes: np.ndarray, labels: np.ndarray) -> list[list[int]]:
     out = []
     for b, lab in zip(np.asarray(boxes, np.float64), np.asarray(labels)):
         real = [k for k in range(len(lab)) if lab[k] >= 0]
-        key = lambda k: ((b[k, 0] + b[k, 2]) / 2, (b[k, 1] + b[k, 3]) / 2)  # noqa: E731
-        out.append([int(lab[k]) for k in sorted(real, key=key)])
+        out.append([int(lab[k]) for k in sorted(real, key=lambda k, b=b: ((b[k, 0] + b[k, 2]) / 2,
+                                                                        (b[k, 1] + b[k, 3]) / 2))])
     return out
 
 
@@ -520,8 +520,8 @@ def downstream(cfg: DownstreamConfig, out_dir: str | Path, progress: bool = True
                 idx = torch.randperm(n_pool, generator=torch.Generator().manual_seed(1000 * seed + budget))[:budget]
                 row = {"budget": budget, "seed": seed, "steps": cfg.classifier.steps(budget)}
                 for name, make, xtr, xte in (
-                        ("latents", lambda: LatentMLP(f_pool.shape[1], n_classes), f_pool, f_test),
-                        ("cnn", lambda: PixelCNN(n_classes, mc.image_size, cfg.cnn_width), x_pool, x_test)):
+                        ("latents", lambda f=f_pool.shape[1], c=n_classes: LatentMLP(f, c), f_pool, f_test),
+                        ("cnn", lambda c=n_classes: PixelCNN(c, mc.image_size, cfg.cnn_width), x_pool, x_test)):
                     t1 = time.time()
                     torch.manual_seed(seed)
                     net = train_classifier(make(), xtr[idx], yp[idx], cfg.classifier, seed)

@@ -16,8 +16,8 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}  # read once at import: os.umask can only be read by setting it
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> Path:

@@ -44,7 +44,6 @@ from .objective import (
     z_pres_prior_probs,
 )
 
-
 #: A pixel belongs to an object's drawn ink where the object draws at least this intensity (chosen on training
 #: scenes: it gives the boxes closest to the digits' ink boxes there).
 OBJECT_INK_THRESHOLD = 0.2

@@ -409,12 +409,12 @@ def _overlapping(ink: np.ndarray, has_ink: np.ndarray, max_iou: float = 0.0) -> 
     k = ink.shape[1]
     area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
     for j in range(k):
-        for l in range(j + 1, k):
-            a, b = ink[:, j], ink[:, l]
+        for m in range(j + 1, k):
+            a, b = ink[:, j], ink[:, m]
             iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
             ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
             inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-            bad |= has_ink[:, j] & has_ink[:, l] & (inter > max_iou * (area(a) + area(b) - inter))
+            bad |= has_ink[:, j] & has_ink[:, m] & (inter > max_iou * (area(a) + area(b) - inter))
     return bad
 
 

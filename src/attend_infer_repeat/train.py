@@ -31,7 +31,6 @@ from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import AIR
 
-
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
 RESTART_AT, RESTART_WINDOW = 1 / 6, 1 / 4  # the early trap check: the first evaluation from 1/6 of the step budget
@@ -399,6 +398,7 @@ class Trainer:
         if self.ddp is None:
             return
         import gc
+
         import torch.distributed as dist
 
         self.ddp = None

@@ -5,7 +5,6 @@ Everything writes plain PNG files with Pillow, so it works on a headless machine
 from __future__ import annotations
 
 import math
-
 import os
 from pathlib import Path
 from typing import Sequence
@@ -160,11 +159,12 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
         for k, label in enumerate(series):
             if label in bands and len(bands[label][0]) > 1:
                 bx, lo, hi = bands[label]
-                outline = [(px(x), py(y)) for x, y in zip(bx, hi)] + [(px(x), py(y)) for x, y in zip(bx[::-1], lo[::-1])]
+                outline = [(px(x), py(y)) for x, y in zip(bx, hi)] + \
+                    [(px(x), py(y)) for x, y in zip(bx[::-1], lo[::-1])]
                 ld.polygon(outline, fill=(*DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)][:3], 60))
         img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
         d = ImageDraw.Draw(img)
-    for k, (label, (xs, ys)) in enumerate(series.items()):
+    for k, (xs, ys) in enumerate(series.values()):
         colour = DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)]
         pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
         if len(pts) > 1:
