@@ -178,6 +178,9 @@ def test_report_python_api_and_missing_run(run_dir, scene_file, tmp_path, capsys
     assert render_report(run_dir, data=scenes, n_show=4).name == "index.html"
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+    # a checkpoint names its run, as for air eval and air serve
+    assert main(["report", str(run_dir / "last.pt"), "--n", "16"]) == 0
+    assert (run_dir / "report" / "index.html").is_file()
 
 
 # every <img> of the page: whether it loaded and decoded, and whether a reader can see it (laid out with a size, not

@@ -567,7 +567,8 @@ def _add_report(sub) -> None:
         "inputs and reconstructions with each step's window, the step-by-step decomposition, training curves "
         "against steps and wall-clock time, the count confusion matrix, the worst errors, samples from the "
         "generative model and a z_what traversal. 'air train' writes it at the end of every run.")
-    p.add_argument("run", metavar="RUN", help="a run directory written by 'air train'")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT",
+                   help="a run directory written by 'air train', or a checkpoint in one")
     p.add_argument("--checkpoint", default=None, help="which weights (default: RUN/best.pt, else RUN/last.pt)")
     p.add_argument("--data", nargs="+", default=None, metavar="PATH",
                    help="scene .npz or images to show (default: the run's held-out scenes)")

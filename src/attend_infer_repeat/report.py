@@ -188,10 +188,13 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     ``checkpoint``: which weights (default: the run's best.pt, else last.pt). ``data``: what to show the model
     (default: the run's held-out scenes; or a scene .npz / image files, see ``load_eval_data``); metrics use
     the first ``n_eval`` scenes, the pictures the first ``n_show``. ``iw_samples`` > 0 adds the
-    importance-weighted log p(x) (slower). Sampling is seeded by ``seed``."""
+    importance-weighted log p(x) (slower). Sampling is seeded by ``seed``. ``run_dir`` may also be a checkpoint
+    file, as for 'air eval' and 'air serve': its weights, and the run directory it lies in."""
     run = Path(run_dir)
+    if run.is_file() and checkpoint is None:
+        run, checkpoint = run.parent, run
     if not run.is_dir():
-        raise DataError(f"{run}: no such run directory")
+        raise DataError(f"{run}: no such run directory or checkpoint")
     model, cfg, step = load_run(checkpoint if checkpoint is not None else run)  # a run, before writing into it
     out = ensure_writable(run / "report", folder=True)
     # every sampled number below is seeded locally (evaluate, the prior samples), so the report is repeatable
