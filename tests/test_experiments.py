@@ -150,8 +150,9 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     cfg = GeneralisationConfig(steps=2, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
                                batch_size=8, digit_size=4, model=tiny_experiment_model)
     out = generalisation(cfg, tmp_path, progress=False)
-    for ext in ("json", "md", "png"):
+    for ext in ("json", "md", "png", "svg"):
         assert (tmp_path / f"generalisation.{ext}").is_file()
+    assert "<svg" in (tmp_path / "generalisation.svg").read_text()[:500]
     assert json.loads((tmp_path / "generalisation.json").read_text()) == json.loads(json.dumps(out))
     assert out["machine"]["cpu"] and "precision" in out["results"]["interpolation"]["air"]["runs"][0]
     assert out["results"]["extrapolation"]["test_counts"] == [3, 4]

@@ -287,27 +287,51 @@ def generalisation_table(out: dict) -> str:
 
 
 def write_generalisation(out: dict, out_dir: Path) -> None:
-    from .visualise import line_plot
-
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "generalisation.json", out)
     _write_text(out_dir / "generalisation.md", generalisation_table(out))
-    series, bands = {}, {}
-    for setting, r in out["results"].items():
-        for count in r["test_counts"]:
-            for name in MODELS:
-                curves = [run["curve"] for run in r.get(name, {}).get("runs", []) if run["curve"]]
-                steps = sorted(set.intersection(*[{p[0] for p in cv} for cv in curves])) if curves else []
-                if not steps:
-                    continue
-                per_step = [[dict(cv)[s][str(count)] for cv in curves] for s in steps]
-                label = f"{setting}, test on {count}: {LABELS[name]}"
-                series[label] = (steps, [float(np.mean(v)) for v in per_step])
-                bands[label] = (steps, [min(v) for v in per_step], [max(v) for v in per_step])
-    if series:
-        line_plot(series, out_dir / "generalisation.png", xlabel="training step",
-                  ylabel="count accuracy on the unseen count", y_range=(0.0, 1.0), bands=bands,
-                  title="AIR vs DAIR on digit counts never seen in training (mean, band: min-max over seeds)")
+    generalisation_figure(out, out_dir / "generalisation.png")
+
+
+def generalisation_figure(out: dict, path: Path) -> None:
+    """One panel per setting and unseen count: each model's mean accuracy on the unseen count against training
+    steps, a band from the worst to the best seed, the paper's reading as a dashed line. PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+
+    panels = [(setting, count) for setting, r in out["results"].items() for count in r["test_counts"]]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    colours = {"air": "tab:red", "dair": "tab:blue", "dair_memoryless": "tab:green"}
+    for ax, (setting, count) in zip(axes[0], panels):
+        r = out["results"][setting]
+        for name in MODELS:
+            curves = [run["curve"] for run in r.get(name, {}).get("runs", []) if run["curve"]]
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*[{p[0] for p in cv} for cv in curves]))
+            values = np.array([[dict(cv)[s][str(count)] for cv in curves] for s in steps])
+            ax.plot(steps, values.mean(1), color=colours[name], label=f"{LABELS[name]} ({len(curves)} seeds)")
+            ax.fill_between(steps, values.min(1), values.max(1), color=colours[name], alpha=0.2, linewidth=0)
+            paper = out["paper"][setting][str(count)][name]
+            if paper is not None:
+                ax.axhline(paper, color=colours[name], linestyle="--", linewidth=1)
+        ax.set_title(f"{setting}: train on {','.join(map(str, r['train_counts']))}, test on {count}\n"
+                     f"(N = {r['N']}, {r['digit_size']} px digits)", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("count accuracy on the unseen count")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Counts never seen in training: mean over seeds, band from worst to best seed, dashed: the paper",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.savefig(Path(path).with_suffix(".svg"))
+    plt.close(fig)
 
 
 # ============================================================================================================

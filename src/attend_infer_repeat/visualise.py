@@ -123,11 +123,9 @@ def draw_scene_grid(
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
               xlabel: str = "", ylabel: str = "", title: str = "", y_range: tuple[float, float] | None = None,
-              hlines: Sequence[float] = (), size: tuple[int, int] = (720, 420),
-              bands: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]] | None = None) -> Path:
+              hlines: Sequence[float] = (), size: tuple[int, int] = (720, 420)) -> Path:
     """A PNG line chart (Pillow only): ``series`` maps a legend label to (xs, ys). Dashed ``hlines`` mark
-    targets (e.g. 0.95 and 0.98 accuracy). ``bands`` maps a series' label to (xs, low, high): a translucent band
-    in the series' colour (e.g. the spread over seeds)."""
+    targets (e.g. 0.95 and 0.98 accuracy)."""
     w, h = size
     left, right, top, bottom = 64, 16, 44, 48
     img = Image.new("RGB", size, "white")
@@ -153,17 +151,6 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     for yv in hlines:
         for xa in range(left, w - right, 10):
             d.line([xa, py(yv), min(xa + 5, w - right), py(yv)], fill=(150, 150, 150))
-    if bands:
-        layer = Image.new("RGBA", size, (0, 0, 0, 0))
-        ld = ImageDraw.Draw(layer)
-        for k, label in enumerate(series):
-            if label in bands and len(bands[label][0]) > 1:
-                bx, lo, hi = bands[label]
-                outline = [(px(x), py(y)) for x, y in zip(bx, hi)] + \
-                    [(px(x), py(y)) for x, y in zip(bx[::-1], lo[::-1])]
-                ld.polygon(outline, fill=(*DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)][:3], 60))
-        img = Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
-        d = ImageDraw.Draw(img)
     for k, (xs, ys) in enumerate(series.values()):
         colour = DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)]
         pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
