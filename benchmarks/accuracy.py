@@ -72,7 +72,7 @@ def score_run(run_dir: Path, sets: dict) -> dict:
 
 
 def main() -> None:
-    from common import machine
+    from common import record
     from robustness import scene_sets
 
     argv = sys.argv[1:]
@@ -94,7 +94,7 @@ def main() -> None:
     out_path = Path(a.out)
     sets = scene_sets(a.robust_n) if a.robust_n else {}
     result = {"benchmark": "accuracy", "command": "air train " + " ".join(extra), "seeds": seeds,
-              "parallel_runs": a.parallel, "threads_per_run": threads, "machine": machine(), "runs": []}
+              "parallel_runs": a.parallel, "threads_per_run": threads, **record(), "runs": []}
 
     def finish(run: dict) -> dict:
         if "error" not in run:

@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "objective_mutations.json"))
     a = p.parse_args()
     sys.path.insert(0, str(HERE))
-    from common import machine
+    from common import record
 
     with tempfile.TemporaryDirectory() as tmp:
         control = run(("none (the package as it is)", "", "", ""), Path(tmp))
@@ -80,7 +80,7 @@ def main() -> None:
         for m in MUTATIONS:
             results.append(run(m, Path(tmp)))
             print(json.dumps({k: results[-1].get(k) for k in ("mutation", "tests_failed", "summary")}), flush=True)
-    out = {"benchmark": "objective_mutations", "machine": machine(), "tests": TESTS,
+    out = {"benchmark": "objective_mutations", **record(), "tests": TESTS,
            "control_passed": not control["tests_failed"], "mutations": results,
            "all_caught": not control["tests_failed"] and all(r.get("tests_failed") for r in results)}
     Path(a.out).write_text(json.dumps(out, indent=2))

@@ -76,7 +76,7 @@ def score(model, sets: dict) -> dict:
 def main() -> None:
     from attend_infer_repeat import AIR
 
-    from common import machine
+    from common import record
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     a = p.parse_args()
     sets = scene_sets(a.n)
-    result = {"benchmark": "robustness", "machine": machine(), "scenes_per_set": a.n, "models": {}}
+    result = {"benchmark": "robustness", **record(), "scenes_per_set": a.n, "models": {}}
     for ckpt in a.checkpoints:
         result["models"][ckpt] = score(AIR.load(ckpt), sets)
         print(ckpt, json.dumps({k: round(v["count_acc"], 4) for k, v in result["models"][ckpt].items()}),

@@ -46,7 +46,7 @@ from attend_infer_repeat.train import Data, Trainer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine  # noqa: E402
+from common import record  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -219,7 +219,7 @@ def main() -> None:
     data = Data(torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts), torch.from_numpy(scenes.images[:64]),
                 torch.from_numpy(scenes.counts[:64]))
     precisions = a.precision.split(",")
-    result = {"benchmark": "throughput", "threads": a.threads, "machine": machine(),
+    result = {"benchmark": "throughput", "threads": a.threads, **record(),
               "model": "defaults: N=3, LSTM 256, z_what 50, window 28, 50x50 images",
               "matmul_peak_gflops": {"fp32": round(matmul_peak(torch.float32), 1)}}
     if "bf16" in precisions:

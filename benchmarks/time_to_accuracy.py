@@ -93,9 +93,9 @@ def main() -> None:
         return statistics.median([v if v is not None else float("inf") for v in vals]) if vals else None
 
     sys.path.insert(0, str(HERE))
-    from common import machine
+    from common import record
 
-    result = {"benchmark": "time_to_accuracy", "command": "air train " + " ".join(extra), "machine": machine(),
+    result = {"benchmark": "time_to_accuracy", "command": "air train " + " ".join(extra), **record(),
               "precision": sorted({r["final"]["precision"] for r in ok}),
               "compiled": sorted({r["final"]["compiled"] for r in ok}),
               "eval_every": a.eval_every, "eval_size": a.eval_size, "cpus": os.cpu_count(),

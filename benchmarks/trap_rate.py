@@ -69,7 +69,7 @@ def first_check(seed: int, overrides: dict, threads: int) -> dict:
 
 def main() -> None:
     from accuracy import parse_seeds
-    from common import machine
+    from common import record
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0-19")
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "trap_rate.json"))
     args = p.parse_args()
     settings = parse_settings(args.setting)
-    out = {"benchmark": "trap_rate", "machine": machine(), "seeds": parse_seeds(args.seeds), "settings": settings,
+    out = {"benchmark": "trap_rate", **record(), "seeds": parse_seeds(args.seeds), "settings": settings,
            "results": {name: [] for name in settings}}
     for seed in out["seeds"]:  # seeds outermost: the settings meet the same drift of the machine
         for name, overrides in settings.items():

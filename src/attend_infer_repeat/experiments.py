@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .config import ModelConfig, RunConfig, TrainConfig, _check
 from .errors import InputError
 from .files import atomic_write
-from .provenance import machine
+from .provenance import record
 
 #: The two generalisation settings: the counts seen in training and the counts held back for testing.
 SETTINGS = {"extrapolation": ((0, 1, 2), (3, 4)), "interpolation": ((0, 1, 3), (2,))}
@@ -214,7 +214,7 @@ def generalisation(cfg: GeneralisationConfig, out_dir: str | Path, progress: boo
                         "model": "final model (last.pt) of each run"},
            "paper": {s: {str(c): v for c, v in p.items()} for s, p in PAPER_GENERALISATION.items()},
            "results": results, "minutes": round((time.time() - started) / 60, 2),
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine()}
+           "threads": torch.get_num_threads(), "torch": torch.__version__, **record()}
     write_generalisation(out, out_dir)
     return out
 
@@ -577,7 +577,7 @@ def downstream(cfg: DownstreamConfig, out_dir: str | Path, progress: bool = True
                "training": "both classifiers: Adam, the same labelled scenes and the same number of steps per budget"},
            "results": results, "air_minutes": round(air_minutes, 2),
            "minutes": round((time.time() - started) / 60, 2), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "machine": machine()}
+           "torch": torch.__version__, **record()}
     write_downstream(out, out_dir)
     return out
 

@@ -42,3 +42,9 @@ def machine() -> dict:
     return {"git_commit": git_commit(), "cpu": cpu_model(), "cpus": os.cpu_count(), "native_bf16": bf16,
             "precision_auto": "bf16" if bf16 else "fp32", "torch": torch.__version__,
             "platform": platform.platform()}
+
+
+def record() -> dict:
+    """What a result file starts with: the commit at its top level (where readers look first) and the machine."""
+    m = machine()
+    return {"git_commit": m["git_commit"], "machine": m}
