@@ -5,6 +5,7 @@ A checkpoint is a dict with a format tag, the full run configuration, the model'
 the optimiser state, the RNG states and the step."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
 
     p = resolve_checkpoint(path)
     state = load_checkpoint(p)
-    try:
-        config = RunConfig.from_dict(state["config"])
-    except (InputError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{p}: its configuration is not one this version understands: {e}") from e
+    config = saved_config(state, p)
     from .train import pick_device
 
     device = pick_device(device) if isinstance(device, str) else device
@@ -99,6 +97,24 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     model.load_state_dict(weights)
     step = state.get("step", 0)
     return model.to(device).eval(), config, int(step) if isinstance(step, int) else 0
+
+
+def saved_config(state: dict[str, Any], path) -> RunConfig:
+    """The run configuration a loaded checkpoint holds; CheckpointError if this version cannot build it."""
+    try:
+        return RunConfig.from_dict(state["config"])
+    except (InputError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its configuration is not one this version understands: {e}") from e
+
+
+def training_progress(state: dict[str, Any], path) -> tuple[int, float]:
+    """(step, training seconds) of a checkpoint a run resumes from; CheckpointError if they are damaged."""
+    step, seconds = state.get("step"), state.get("train_seconds")
+    if type(step) is not int or step < 0 or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds):
+        raise CheckpointError(f"{path} cannot be resumed from: its training state is damaged (step {step!r}, clock "
+                              f"{seconds!r}); evaluate best.pt, or start a new run in another --run-dir")
+    return step, float(seconds)
 
 
 def _baseline_differs(model, weights: dict[str, torch.Tensor]) -> bool:

@@ -165,7 +165,7 @@ def _run_data(args) -> int:
     finally:
         mnist_log.removeHandler(handler)
         mnist_log.setLevel(old_level)
-    if preview is not None and len(scenes) == 0:
+    if preview is not None and len(scenes) == 0:  # nothing to show
         preview = None
     if preview is not None:
         k = min(args.preview_n, len(scenes))
@@ -373,15 +373,16 @@ _RESUME_OPTIONS = {"run_dir", "resume", "steps", "minutes", "no_progress", "thre
 
 
 def _resumed_config(args):
-    """The configuration of the run ``air train --resume`` continues: its own, budget included. An explicit
-    --steps or --minutes sets a new budget (the other one given alone is kept); a run that has already spent
-    its budget is refused, so that its checkpoints are never touched by a resume that has nothing to do."""
+    """The configuration of the run ``air train --resume`` continues: its own, budget included. --steps sets a
+    new step budget (and, unless --minutes is given too, drops a minutes budget); --minutes alone sets a new time
+    budget beside the run's step budget. A run that has already spent its budget is refused, so that its
+    checkpoints are never touched by a resume that has nothing to do."""
     import json
     from pathlib import Path
 
-    from .checkpoint import load_checkpoint
-    from .config import RunConfig
+    from .checkpoint import load_checkpoint, saved_config, training_progress
     from .errors import CheckpointError, InputError
+    from .train import best_without_last
 
     if not args.run_dir:
         raise InputError("--resume needs --run-dir: the run to continue")
@@ -389,16 +390,11 @@ def _resumed_config(args):
     last = run / "last.pt"
     if not last.is_file():
         if (run / "best.pt").is_file():
-            raise CheckpointError(f"{run} holds best.pt but no last.pt, so its run cannot be continued (last.pt "
-                                  "holds the optimiser and RNG state); best.pt still works with 'air eval', 'air "
-                                  "infer' and 'air serve'; to train, start a new run in another --run-dir")
+            raise best_without_last(run)
         raise CheckpointError(f"--resume: no checkpoint to continue ({last} does not exist); start a new run "
                               "without --resume")
     state = load_checkpoint(last)
-    try:
-        cfg = RunConfig.from_dict(state["config"])
-    except (InputError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{last}: its configuration is not one this version understands: {e}") from e
+    cfg = saved_config(state, last)
     t = cfg.train
     if args.steps is not None or args.minutes is not None:
         t.steps = args.steps if args.steps is not None else t.steps
@@ -414,10 +410,7 @@ def _resumed_config(args):
     if ignored:
         print(f"air train: ignoring {', '.join(ignored)}: a resumed run keeps its own configuration "
               f"({run / 'config.json'})", file=sys.stderr)
-    step, seconds = state.get("step", 0), state.get("train_seconds", 0.0)
-    if type(step) is not int or step < 0 or not isinstance(seconds, (int, float)):
-        raise CheckpointError(f"{last} cannot be resumed from: its training state is damaged (step {step!r}, "
-                              f"clock {seconds!r}); evaluate best.pt, or start a new run in another --run-dir")
+    step, seconds = training_progress(state, last)
     spent = step >= t.steps or (t.minutes is not None and seconds >= 60 * t.minutes)
     if spent and (run / "summary.json").is_file():
         budget = f"{t.steps} steps" + (f" or {t.minutes:g} minutes" if t.minutes else "")

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_write_bytes, check_finite, check_state_dict, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    atomic_write_bytes,
+    check_finite,
+    check_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+    training_progress,
+)
 from .config import RunConfig
 from .diagnose import RESTART_TRAPS
 from .errors import AIRError, CheckpointError, InputError
@@ -422,18 +430,18 @@ class Trainer:
         for key in ("optimizer", "step", "rng", "data_order"):
             if key not in state:
                 raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}'")
-        saved = RunConfig.from_dict(state["config"])
+        saved = saved_config(state, path)
         if saved.model != self.cfg.model:
             raise CheckpointError(f"{path} was trained with another model configuration; resume without "
                                   "changing model options (or start a new run directory)")
         check_state_dict(self.model, state["model"], path)
         check_finite(state["model"], path)  # never train on (and save as best) the weights of a diverged run
         try:
-            step, seconds, best = state["step"], float(state["train_seconds"]), state["best"]
-            lr_scale = float(state.get("lr_scale", 1.0))
-            if type(step) is not int or step < 0 or not math.isfinite(seconds) or not isinstance(best, dict) or \
-                    not (math.isfinite(lr_scale) and lr_scale > 0) or not isinstance(state["data_order"], dict):
-                raise ValueError("step, clock, best, lr_scale or data order out of range")
+            step, seconds = training_progress(state, path)
+            best, lr_scale = state["best"], float(state.get("lr_scale", 1.0))
+            if not isinstance(best, dict) or not (math.isfinite(lr_scale) and lr_scale > 0) or \
+                    not isinstance(state["data_order"], dict):
+                raise ValueError("best, lr_scale or data order out of range")
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.step, self.train_s, self.best = step, seconds, best
@@ -656,10 +664,7 @@ class Trainer:
                                   "a writable folder with --run-dir") from e
         existing = [n for n in ("last.pt", "metrics.jsonl", "best.pt") if (self.run_dir / n).exists()]
         if "best.pt" in existing and "last.pt" not in existing:
-            raise CheckpointError(
-                f"{self.run_dir} holds best.pt but no last.pt, so its run cannot be continued (last.pt holds the "
-                f"optimiser and RNG state); best.pt still works with 'air eval', 'air infer' and 'air serve'. "
-                "To train, choose another --run-dir (or move best.pt away)")
+            raise best_without_last(self.run_dir)
         if existing and not resume:  # never mix two runs' curves or overwrite a run's checkpoints
             raise InputError(f"{self.run_dir} already holds a run ({', '.join(existing)}): continue it with "
                              "--resume, or start a new run in another --run-dir (or delete that folder first)")
@@ -794,6 +799,13 @@ def _rank_key(ev: dict) -> tuple[float, float]:
 def peak_rss_gib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 30 if sys.platform == "darwin" else rss / 2 ** 20
+
+
+def best_without_last(run_dir: Path) -> CheckpointError:
+    """The error for a run directory that holds best.pt but no last.pt: what still works, and what to do."""
+    return CheckpointError(f"{run_dir} holds best.pt but no last.pt, so its run cannot be continued (last.pt holds "
+                           "the optimiser and RNG state); best.pt still works with 'air eval', 'air infer' and 'air "
+                           "serve'. To train, choose another --run-dir (or move best.pt away)")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
