@@ -1,6 +1,7 @@
 import gzip
 import shutil
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,26 @@ def playwright_missing() -> bool:
     except ImportError:
         return True
     return False
+
+
+#: the browser tests run where Debian's Chromium and the playwright package are installed (.ci/run installs both)
+needs_browser = pytest.mark.skipif(
+    chromium_path() is None or playwright_missing(),
+    reason="Debian's chromium (apt-get install -y chromium) or the playwright Python package (pip install -e "
+    "'.[dev]') is missing; these pages are tested in a real headless browser only where one is available")
+
+
+@contextmanager
+def browser_page(width: int, height: int):
+    """A page of Debian's headless Chromium, driven by Playwright, and the list its JavaScript errors go to."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            browser.close()

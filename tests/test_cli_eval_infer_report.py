@@ -16,7 +16,7 @@ from attend_infer_repeat.model import AIR
 from attend_infer_repeat.report import render_report
 from attend_infer_repeat.scenes import SceneConfig, Scenes
 
-from conftest import blob_images, chromium_path, playwright_missing
+from conftest import blob_images, browser_page, needs_browser
 
 
 @pytest.fixture
@@ -227,49 +227,36 @@ _HIDDEN = ["img { visibility: hidden !important; }", "img { display: none !impor
            "body::after { content: ''; position: fixed; inset: 0; background: white; }"]
 
 
-@pytest.mark.skipif(chromium_path() is None,
-                    reason="chromium is not installed (apt-get install -y chromium); the report is checked "
-                    "in a real headless browser only where one is available")
-@pytest.mark.skipif(playwright_missing(), reason="the playwright Python package is not installed "
-                    "(pip install -e '.[dev]'); it drives the system's Chromium")
+@needs_browser
 def test_report_renders_in_headless_chromium(run_dir, scene_file, tmp_path):
     """Every image of the report loads, decodes and is visible in a real browser: laid out with a size, not
     hidden by CSS or covered, and painted (its area of a screenshot is not blank)."""
-    from playwright.sync_api import sync_playwright
-
     page_path = render_report(run_dir, data=Scenes.load(scene_file), n_show=4)
     parser = _Collect()
     parser.feed(page_path.read_text())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
-            page.goto(page_path.resolve().as_uri(), wait_until="load")
-            images = page.evaluate(_IMAGE_PROBLEMS_JS)
-            assert len(images) == len(parser.imgs) >= 8, "the browser does not see every <img> of the page"
-            bad = [im for im in images if im["problems"]]
-            assert not bad, f"{len(bad)} of {len(images)} images cannot be seen: {bad}"
-            assert not errors, errors
+    with browser_page(1000, 900) as (page, errors):
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
+        page.goto(page_path.resolve().as_uri(), wait_until="load")
+        images = page.evaluate(_IMAGE_PROBLEMS_JS)
+        assert len(images) == len(parser.imgs) >= 8, "the browser does not see every <img> of the page"
+        bad = [im for im in images if im["problems"]]
+        assert not bad, f"{len(bad)} of {len(images)} images cannot be seen: {bad}"
+        assert not errors, errors
 
-            shot = tmp_path / "shot.png"
-            page.screenshot(path=str(shot), full_page=True)
-            boxes = page.evaluate("() => Array.from(document.images).map(img => { const r = "
-                                  "img.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
-                                  "r.width, r.height]; })")
-            with Image.open(shot) as im:
-                a = np.asarray(im.convert("L"), np.float64)
-            for k, (x, y, w, h) in enumerate(boxes):  # inside the 1-px border: the picture itself
-                crop = a[int(y) + 2:int(y + h) - 2, int(x) + 2:int(x + w) - 2]
-                assert crop.size and crop.std() > 2, f"image {k} ({images[k]['alt']}) is blank on the screen"
+        shot = tmp_path / "shot.png"
+        page.screenshot(path=str(shot), full_page=True)
+        boxes = page.evaluate("() => Array.from(document.images).map(img => { const r = "
+                              "img.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, "
+                              "r.width, r.height]; })")
+        with Image.open(shot) as im:
+            a = np.asarray(im.convert("L"), np.float64)
+        for k, (x, y, w, h) in enumerate(boxes):  # inside the 1-px border: the picture itself
+            crop = a[int(y) + 2:int(y + h) - 2, int(x) + 2:int(x + w) - 2]
+            assert crop.size and crop.std() > 2, f"image {k} ({images[k]['alt']}) is blank on the screen"
 
-            for css in _HIDDEN:  # the check sees through each way of hiding them (else it proves nothing)
-                handle = page.add_style_tag(content=css)
-                hidden = page.evaluate(_IMAGE_PROBLEMS_JS)
-                assert all(im["problems"] for im in hidden), f"{css!r} hides images the check calls visible"
-                handle.evaluate("e => e.remove()")
-            assert not any(im["problems"] for im in page.evaluate(_IMAGE_PROBLEMS_JS))
-        finally:
-            browser.close()
+        for css in _HIDDEN:  # the check sees through each way of hiding them (else it proves nothing)
+            handle = page.add_style_tag(content=css)
+            hidden = page.evaluate(_IMAGE_PROBLEMS_JS)
+            assert all(im["problems"] for im in hidden), f"{css!r} hides images the check calls visible"
+            handle.evaluate("e => e.remove()")
+        assert not any(im["problems"] for im in page.evaluate(_IMAGE_PROBLEMS_JS))

@@ -27,7 +27,7 @@ from attend_infer_repeat.images import prepare
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import MAX_BODY_BYTES, Server, Service, bind
 
-from conftest import chromium_path, playwright_missing, untrained_checkpoint
+from conftest import browser_page, needs_browser, untrained_checkpoint
 
 S = 50
 
@@ -302,120 +302,108 @@ def test_cli_serve_errors(checkpoint, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ in a browser
-@pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed (apt-get install -y chromium); "
-                    "the page is tested in a real headless browser only where one is available")
-@pytest.mark.skipif(playwright_missing(), reason="the playwright Python package is not installed "
-                    "(pip install -e '.[dev]'); it drives the system's Chromium")
+@needs_browser
 def test_page_in_headless_chromium(server, model, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     shots = Path(os.environ.get("AIR_SERVE_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url)
-            page.wait_for_selector("body[data-ready]")
-            idle = lambda: page.wait_for_function("window.air.idle()")  # noqa: E731
+    with browser_page(1300, 900) as (page, errors):
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready]")
+        idle = lambda: page.wait_for_function("window.air.idle()")  # noqa: E731
 
-            # --- Decompose: draw a '1' and a '7' with real mouse strokes, updating as we draw
-            canvas = page.locator("#draw").bounding_box()
-            zoom = canvas["width"] / S
-            at = lambda x, y: (canvas["x"] + x * zoom, canvas["y"] + y * zoom)  # noqa: E731
-            for stroke in ([(13, 11), (14, 39)], [(27, 13), (42, 13), (33, 40)]):
-                page.mouse.move(*at(*stroke[0]))
-                page.mouse.down()
-                for pt in stroke[1:]:
-                    page.mouse.move(*at(*pt), steps=12)
-                page.mouse.up()
-            idle()
-            shown = page.evaluate("window.air.displayed")
-            pixels = np.array(shown["pixels"], np.uint8).reshape(S, S)
-            assert pixels[11:39, 12:16].max() == 255 and pixels[12:15, 28:42].max() == 255  # the strokes landed
-            assert pixels[:, :10].max() == 0 and pixels[45:].max() == 0
-            want = expected(model, pixels)
-            assert page.inner_text("#count") == str(want["count"])
-            boxes = page.locator("#draw-stage .box")
-            assert boxes.count() == want["count"]
-            for k in range(want["count"]):
-                b = boxes.nth(k).bounding_box()
-                got = [(b["x"] - canvas["x"]) / zoom, (b["y"] - canvas["y"]) / zoom,
-                       (b["x"] + b["width"] - canvas["x"]) / zoom, (b["y"] + b["height"] - canvas["y"]) / zoom]
-                np.testing.assert_allclose(got, want["boxes"][k], atol=0.15)
-            assert page.locator("#steps .step.present").count() == want["count"]
-            page.screenshot(path=str(shots / "serve-decompose.png"), full_page=True)
+        # --- Decompose: draw a '1' and a '7' with real mouse strokes, updating as we draw
+        canvas = page.locator("#draw").bounding_box()
+        zoom = canvas["width"] / S
+        at = lambda x, y: (canvas["x"] + x * zoom, canvas["y"] + y * zoom)  # noqa: E731
+        for stroke in ([(13, 11), (14, 39)], [(27, 13), (42, 13), (33, 40)]):
+            page.mouse.move(*at(*stroke[0]))
+            page.mouse.down()
+            for pt in stroke[1:]:
+                page.mouse.move(*at(*pt), steps=12)
+            page.mouse.up()
+        idle()
+        shown = page.evaluate("window.air.displayed")
+        pixels = np.array(shown["pixels"], np.uint8).reshape(S, S)
+        assert pixels[11:39, 12:16].max() == 255 and pixels[12:15, 28:42].max() == 255  # the strokes landed
+        assert pixels[:, :10].max() == 0 and pixels[45:].max() == 0
+        want = expected(model, pixels)
+        assert page.inner_text("#count") == str(want["count"])
+        boxes = page.locator("#draw-stage .box")
+        assert boxes.count() == want["count"]
+        for k in range(want["count"]):
+            b = boxes.nth(k).bounding_box()
+            got = [(b["x"] - canvas["x"]) / zoom, (b["y"] - canvas["y"]) / zoom,
+                   (b["x"] + b["width"] - canvas["x"]) / zoom, (b["y"] + b["height"] - canvas["y"]) / zoom]
+            np.testing.assert_allclose(got, want["boxes"][k], atol=0.15)
+        assert page.locator("#steps .step.present").count() == want["count"]
+        page.screenshot(path=str(shots / "serve-decompose.png"), full_page=True)
 
-            # --- Transform explorer: move the scale slider with the keyboard and the x slider with the mouse
-            page.click("#tab-transform")
-            idle()
-            before = page.evaluate("window.air.transform")
-            assert before["request"]["pixels"] == shown["pixels"]
-            page.focus("#t-scale")
-            for _ in range(40):
-                page.keyboard.press("ArrowRight")
-            slider = page.locator("#t-x").bounding_box()
-            page.mouse.click(slider["x"] + slider["width"] * 0.6, slider["y"] + slider["height"] / 2)
-            idle()
-            after = page.evaluate("window.air.transform")
-            req = after["request"]
-            assert req["scale"] == pytest.approx(before["request"]["scale"] + 0.40, abs=1e-6)
-            assert req["x"] > 0.2
-            assert after["result"]["crop"] != before["result"]["crop"]
-            x = torch.from_numpy(pixels.astype(np.float32) / 255)[None, None]
-            crop = attention.crop(x, torch.tensor([[req["scale"], req["x"], req["y"]]]), 28)[0, 0].numpy()
-            assert np.abs(np.array(after["result"]["crop"]).reshape(28, 28) - np.clip(crop, 0, 1) * 255).max() <= 1
-            assert page.locator("#t-scene-stage .box").count() == 1
-            page.screenshot(path=str(shots / "serve-transform.png"), full_page=True)
-
-            # --- A random held-out scene, decomposed like a drawing
-            page.click("#tab-decompose")
-            page.click("#random-scene")
-            page.wait_for_function("document.getElementById('input-note').innerText.includes('true count')")
-            idle()
-            scene = page.evaluate("window.air.displayed")
-            assert scene["pixels"] != shown["pixels"]
-            assert page.inner_text("#count") == str(expected(model, scene["pixels"])["count"])
-
-            # --- Uploads: a broken file and a text file show their errors; a good image clears them
-            page.set_input_files("#upload", files=[{"name": "broken.png", "mimeType": "image/png",
-                                                    "buffer": b"\x89PNG\r\n\x1a\n this is not really a PNG"}])
-            err = page.locator("#decompose-error")
-            err.wait_for(state="visible")
-            assert "broken.png" in err.inner_text() and "not a readable image" in err.inner_text()
-            page.screenshot(path=str(shots / "serve-upload-error.png"), full_page=True)
-            page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                    "buffer": b"hello"}])
-            page.wait_for_function("document.getElementById('decompose-error').innerText.includes('notes.txt')")
-            assert "expected an image file" in err.inner_text()
-            good = np.zeros((60, 60), np.uint8)
-            good[10:50, 25:31] = 255
-            page.set_input_files("#upload", files=[{"name": "one.png", "mimeType": "image/png",
-                                                    "buffer": png_bytes(good)}])
-            err.wait_for(state="hidden")
-            idle()
-            up = page.evaluate("window.air.displayed")
-            assert page.inner_text("#count") == str(expected(model, up["pixels"])["count"])
-            assert "one.png: 60x60" in page.inner_text("#input-note")
-
-            # --- Generate: the object slider sets the count of every sample
-            page.click("#tab-generate")
-            page.wait_for_function("window.air.generated && document.querySelectorAll('#g-grid figure').length")
-            slider = page.locator("#g-objects")
-            slider.focus()
-            page.keyboard.press("Home")
+        # --- Transform explorer: move the scale slider with the keyboard and the x slider with the mouse
+        page.click("#tab-transform")
+        idle()
+        before = page.evaluate("window.air.transform")
+        assert before["request"]["pixels"] == shown["pixels"]
+        page.focus("#t-scale")
+        for _ in range(40):
             page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function("window.air.generated.objects === 2 && window.air.pending === 0")
-            captions = page.locator("#g-grid figcaption").all_inner_texts()
-            assert all(c.startswith("2 objects") for c in captions) and len(captions) == 8
-            assert page.locator("#g-grid .box").count() == 16
-            page.screenshot(path=str(shots / "serve-generate.png"), full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+        slider = page.locator("#t-x").bounding_box()
+        page.mouse.click(slider["x"] + slider["width"] * 0.6, slider["y"] + slider["height"] / 2)
+        idle()
+        after = page.evaluate("window.air.transform")
+        req = after["request"]
+        assert req["scale"] == pytest.approx(before["request"]["scale"] + 0.40, abs=1e-6)
+        assert req["x"] > 0.2
+        assert after["result"]["crop"] != before["result"]["crop"]
+        x = torch.from_numpy(pixels.astype(np.float32) / 255)[None, None]
+        crop = attention.crop(x, torch.tensor([[req["scale"], req["x"], req["y"]]]), 28)[0, 0].numpy()
+        assert np.abs(np.array(after["result"]["crop"]).reshape(28, 28) - np.clip(crop, 0, 1) * 255).max() <= 1
+        assert page.locator("#t-scene-stage .box").count() == 1
+        page.screenshot(path=str(shots / "serve-transform.png"), full_page=True)
+
+        # --- A random held-out scene, decomposed like a drawing
+        page.click("#tab-decompose")
+        page.click("#random-scene")
+        page.wait_for_function("document.getElementById('input-note').innerText.includes('true count')")
+        idle()
+        scene = page.evaluate("window.air.displayed")
+        assert scene["pixels"] != shown["pixels"]
+        assert page.inner_text("#count") == str(expected(model, scene["pixels"])["count"])
+
+        # --- Uploads: a broken file and a text file show their errors; a good image clears them
+        page.set_input_files("#upload", files=[{"name": "broken.png", "mimeType": "image/png",
+                                                "buffer": b"\x89PNG\r\n\x1a\n this is not really a PNG"}])
+        err = page.locator("#decompose-error")
+        err.wait_for(state="visible")
+        assert "broken.png" in err.inner_text() and "not a readable image" in err.inner_text()
+        page.screenshot(path=str(shots / "serve-upload-error.png"), full_page=True)
+        page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                "buffer": b"hello"}])
+        page.wait_for_function("document.getElementById('decompose-error').innerText.includes('notes.txt')")
+        assert "expected an image file" in err.inner_text()
+        good = np.zeros((60, 60), np.uint8)
+        good[10:50, 25:31] = 255
+        page.set_input_files("#upload", files=[{"name": "one.png", "mimeType": "image/png",
+                                                "buffer": png_bytes(good)}])
+        err.wait_for(state="hidden")
+        idle()
+        up = page.evaluate("window.air.displayed")
+        assert page.inner_text("#count") == str(expected(model, up["pixels"])["count"])
+        assert "one.png: 60x60" in page.inner_text("#input-note")
+
+        # --- Generate: the object slider sets the count of every sample
+        page.click("#tab-generate")
+        page.wait_for_function("window.air.generated && document.querySelectorAll('#g-grid figure').length")
+        slider = page.locator("#g-objects")
+        slider.focus()
+        page.keyboard.press("Home")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("window.air.generated.objects === 2 && window.air.pending === 0")
+        captions = page.locator("#g-grid figcaption").all_inner_texts()
+        assert all(c.startswith("2 objects") for c in captions) and len(captions) == 8
+        assert page.locator("#g-grid .box").count() == 16
+        page.screenshot(path=str(shots / "serve-generate.png"), full_page=True)
+        assert not errors, errors
     for name in ("decompose", "transform", "upload-error", "generate"):
         with Image.open(shots / f"serve-{name}.png") as im:
             assert im.size[0] >= 1300 and np.asarray(im.convert("L")).std() > 10
