@@ -96,6 +96,7 @@ def test_latent_features_of_a_real_model_follow_its_boxes(tiny_config):
     ({"max_steps": 3}, "max_steps \\(N\\) must be at least 4"),
     ({"seeds": 0}, "seeds must be at least 1"),
     ({"steps": 0}, "steps must be at least 1"),
+    ({"jobs": 0}, "jobs must be at least 1"),
 ])
 def test_generalisation_config_validation(kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -123,6 +124,7 @@ def test_classifier_steps_grow_with_the_budget_within_bounds():
     (["experiment", "downstream", "--budgets", "100,x"], "expected comma-separated positive integers"),
     (["experiment", "downstream", "--budgets", "0"], "expected comma-separated positive integers"),
     (["experiment", "generalisation", "--steps", "0"], "expected a positive integer"),
+    (["experiment", "generalisation", "--jobs", "0"], "expected a positive integer"),
 ])
 def test_cli_bad_options_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -155,10 +157,11 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     assert "<svg" in (tmp_path / "generalisation.svg").read_text()[:500]
     assert json.loads((tmp_path / "generalisation.json").read_text()) == json.loads(json.dumps(out))
     assert out["machine"]["cpu"] and "precision" in out["results"]["interpolation"]["air"]["runs"][0]
-    assert out["results"]["extrapolation"]["test_counts"] == [3, 4]
+    assert out["results"]["extrapolation"]["test_counts"] == [3]
+    assert out["results"]["extrapolation_n4"]["test_counts"] == [3, 4]
     assert out["results"]["interpolation"]["test_counts"] == [2]
-    assert out["results"]["extrapolation"]["N"] == 4 and out["results"]["interpolation"]["N"] == 3
-    for setting, counts in (("extrapolation", ("3", "4")), ("interpolation", ("2",))):
+    assert [out["results"][s]["N"] for s in ("extrapolation", "extrapolation_n4", "interpolation")] == [3, 4, 3]
+    for setting, counts in (("extrapolation", ("3",)), ("extrapolation_n4", ("3", "4")), ("interpolation", ("2",))):
         for name in ("air", "dair", "dair_memoryless"):
             r = out["results"][setting][name]
             assert [run["seed"] for run in r["runs"]] == [0, 1] == r["summary"]["seeds"]
@@ -178,7 +181,8 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
                 assert stats["min"] == min(values) and stats["max"] == max(values)
                 assert stats["mean"] == pytest.approx(sum(values) / len(values))
     table = (tmp_path / "generalisation.md").read_text()
-    assert table.count("| extrapolation (N = 4") == 6 and "about 80%" in table and "seeds 0-1" in table
+    assert table.count("| extrapolation (N = 3") == 3 and table.count("| extrapolation_n4 (N = 4") == 6
+    assert "about 80%" in table and "seeds 0-1" in table
     # a second call reuses the finished runs (same numbers, the recorded learning curve kept)
     again = generalisation(GeneralisationConfig(**{**cfg.__dict__, "threads": 2}), tmp_path, progress=False)
     r0, r1 = out["results"]["extrapolation"]["dair"]["runs"][1], again["results"]["extrapolation"]["dair"]["runs"][1]
@@ -192,6 +196,24 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     metrics = (tmp_path / "generalisation_runs" / "interpolation-air-seed0" / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(line)["step"] for line in metrics) == 3  # the old run's metrics did not stay behind
     assert [json.loads(line)["step"] for line in metrics if json.loads(line)["kind"] == "eval"] == [1, 2, 3]
+
+
+@needs_mnist
+def test_generalisation_runs_in_parallel_jobs_give_the_same_numbers(tmp_path, tiny_experiment_model):
+    cfg = GeneralisationConfig(steps=3, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
+                               batch_size=8, digit_size=4, model=tiny_experiment_model,
+                               settings=("interpolation",), models=("air", "dair"))
+    one = generalisation(cfg, tmp_path / "one", progress=False)
+    two = generalisation(GeneralisationConfig(**{**cfg.__dict__, "jobs": 2}), tmp_path / "two", progress=False)
+    assert two["jobs"] == 2
+    for name in ("air", "dair"):
+        a, b = one["results"]["interpolation"][name]["runs"], two["results"]["interpolation"][name]["runs"]
+        assert [r["seed"] for r in b] == [0, 1]  # in order, whichever finished first
+        assert [r["curve"] for r in a] == [r["curve"] for r in b]
+        assert [r["predicted_count_histogram"] for r in a] == [r["predicted_count_histogram"] for r in b]
+        for ra, rb in zip(a, b):  # the same training, bit for bit
+            wa, wb = AIR.load(ra["run_dir"]).state_dict(), AIR.load(rb["run_dir"]).state_dict()
+            assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @needs_mnist
