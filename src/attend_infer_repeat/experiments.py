@@ -521,7 +521,6 @@ class DownstreamConfig:
         _check(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
-        _check(self.jobs >= 1, f"jobs must be at least 1, got {self.jobs}")
         _check(self.n_test >= 1 and self.n_train >= 1, "n_test and n_train must be at least 1")
         _check(self.cnn_width >= 1, "cnn_width must be at least 1")
 
