@@ -1,12 +1,15 @@
 """The figures (matplotlib): line plots, panels of them, the count confusion, and the project's figures drawn with
 them (the report's curves are checked in test_cli_eval_infer_report.py). Each is a PNG with an SVG beside it."""
+import importlib.util
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from attend_infer_repeat.errors import InputError
+from attend_infer_repeat.experiments import downstream_figure
 from attend_infer_repeat.visualise import (
     REPORT_DPI,
     REPORT_FIGSIZE,
@@ -18,6 +21,8 @@ from attend_infer_repeat.visualise import (
     line_plot,
     panels_figure,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def svg_text(path: Path) -> str:
@@ -134,3 +139,46 @@ def test_confusion_writes_png_and_svg_with_counts_shares_and_labels(tmp_path):
     for bad in ([[1, 2]], [], [[[1]]]):
         with pytest.raises(InputError, match="square and non-empty"):
             draw_confusion(bad, tmp_path / "bad.png")
+
+
+def _downstream_result(seeds: int = 2) -> dict:
+    """A downstream.json's figure-relevant part: per task, the runs per budget and seed and their summary."""
+    budgets = (100, 1000)
+    runs = [{"budget": b, "seed": s, "latents": 0.5 + 0.1 * i + 0.01 * s, "cnn": 0.4 + 0.05 * i - 0.01 * s}
+            for i, b in enumerate(budgets) for s in range(seeds)]
+    summary = [{"budget": b, **{f"{k}_{stat}": float(fn([r[k] for r in runs if r["budget"] == b]))
+                                for k in ("latents", "cnn") for stat, fn in (("mean", np.mean), ("std", np.std))}}
+               for b in budgets]
+    task = {"n_classes": 19, "majority_class_acc": 0.34, "runs": runs, "summary": summary}
+    return {"results": {"sum": task, "ascending": {**task, "n_classes": 2, "majority_class_acc": 0.55}}}
+
+
+def test_downstream_figure_one_panel_per_task_with_seed_bands_and_the_majority_class(tmp_path):
+    path = downstream_figure(_downstream_result(), tmp_path / "downstream.png")
+    assert_png(path)
+    text = svg_text(tmp_path / "downstream.svg")
+    for s in ("AIR latents + MLP (2 seeds)", "CNN on pixels (2 seeds)", "majority class", "labelled scenes",
+              "sum: sum of the digits (19 classes)", "ascending: left digit < right digit (2 classes)"):
+        assert s in text
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_to_accuracy_figure_shows_each_seed_and_their_median_with_a_band(tmp_path):
+    plot = _load_benchmark("time_to_accuracy").plot
+    runs = [{"seed": s, "curve_minutes_acc": [[0.5 + 0.1 * s, 0.4], [0.9 + 0.1 * s, 0.96], [2.0 + 0.1 * s, 0.99]]}
+            for s in range(3)] + [{"seed": 3, "error": "it failed"}]
+    plot({"runs": runs, "cpus": 2, "command": "air train --compile off"}, tmp_path / "t.png")
+    assert_png(tmp_path / "t.png")
+    text = svg_text(tmp_path / "t.svg")
+    for s in ("seed 0", "seed 2", "median of 3 seeds, band: worst to best", "95% and 98%", "2-core CPU",
+              "air train --compile off"):
+        assert s in text
+    assert "seed 3" not in text  # a seed that failed has no curve
+    plot({"runs": runs[:1]}, tmp_path / "one.png")  # one seed: its line, no median or band
+    assert "seed 0" in svg_text(tmp_path / "one.svg") and "median" not in svg_text(tmp_path / "one.svg")
