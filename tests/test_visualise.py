@@ -95,6 +95,9 @@ def test_line_figure_has_the_series_band_targets_axes_and_round_ticks():
     # round values, whole numbers in full: 1,000 not 1e3 or an offset; accuracies as percentages
     assert {"0", "1,000", "2,000", "3,000"} <= set(tick_labels(ax.xaxis))
     assert tick_labels(ax.yaxis) == ["0%", "20%", "40%", "60%", "80%", "100%"]
+    ax.set_ylim(0.97, 1.0)  # a close-up: the ticks' own decimals, no more
+    fig.canvas.draw()
+    assert tick_labels(ax.yaxis) == ["97%", "97.5%", "98%", "98.5%", "99%", "99.5%", "100%"]
 
 
 def test_a_band_without_a_series_gets_its_own_legend_entry_and_one_point_a_marker():

@@ -283,7 +283,7 @@ def draw_lines(ax, series: Series, *, xlabel: str = "", ylabel: str = "", title:
     ``hline_label`` when it is given. ``xlog``: a logarithmic x axis; ``percent``: y values are fractions,
     labelled as percentages."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, PercentFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     bands, styles = bands or {}, styles or {}
     for label, (xs, ys) in series.items():
@@ -323,7 +323,8 @@ def draw_lines(ax, series: Series, *, xlabel: str = "", ylabel: str = "", title:
             ax.xaxis.set_major_locator(FixedLocator(xs_all))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(FuncFormatter(_number))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0) if percent else FuncFormatter(_number))
+    # percentages with the decimals the ticks need (97.5%, 100%), not matplotlib's fixed count for all (97.50%)
+    ax.yaxis.set_major_formatter(FuncFormatter((lambda v, _=None: f"{_number(100 * v)}%") if percent else _number))
     if y_range is not None:
         ax.set_ylim(*y_range)
     ax.set_xlabel(xlabel)
