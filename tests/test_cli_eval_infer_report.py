@@ -1,6 +1,7 @@
 """``air eval``, ``air infer`` and ``air report`` end to end on a tiny model, including broken inputs."""
 import base64
 import json
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import numpy as np
@@ -170,6 +171,20 @@ def test_report_files_are_valid(run_dir, scene_file, capsys):
     for p in pngs:
         with Image.open(p) as im:
             im.verify()
+    # the plots (matplotlib) also as SVG beside their PNG, with their axis labels and legends as text
+    plots = ("elbo_vs_steps", "elbo_vs_time", "accuracy_vs_steps", "accuracy_vs_time", "confusion")
+    assert {f"{name}.svg" for name in plots} == {p.name for p in (run_dir / "report").glob("*.svg")}
+    svg = {name: (run_dir / "report" / f"{name}.svg").read_text() for name in plots}
+    assert all(ET.fromstring(text).tag.endswith("svg") for text in svg.values())
+    for label in ("train ELBO (batch)", "held-out ELBO", "optimiser steps", "ELBO per image (nats)"):
+        assert label in svg["elbo_vs_steps"]
+    for label in ("train count accuracy (batch)", "held-out count accuracy", "95% and 98%",
+                  "training wall-clock seconds"):
+        assert label in svg["accuracy_vs_time"]
+    assert "true count" in svg["confusion"] and "miscounted" in svg["confusion"]
+    # the plots are downscaled on the page: drawn smoothly, not with the scene pictures' pixelated rendering
+    page = html_path.read_text()
+    assert page.count("<img class='plot'") == 5 and "img.plot { image-rendering: auto; }" in page
     assert not any(p.name.startswith(".") for p in (run_dir / "report").iterdir())
 
 

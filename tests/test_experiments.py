@@ -222,8 +222,9 @@ def test_downstream_end_to_end_tiny(tmp_path, tiny_experiment_model):
                            model=tiny_experiment_model, cnn_width=2,
                            classifier=ClassifierConfig(min_steps=2, max_steps=3, batch_size=8))
     out = downstream(cfg, tmp_path, progress=False)
-    for ext in ("json", "md", "png"):
+    for ext in ("json", "md", "png", "svg"):
         assert (tmp_path / f"downstream.{ext}").is_file()
+    assert "AIR latents + MLP (2 seeds)" in (tmp_path / "downstream.svg").read_text()
     assert set(out["results"]) == {"sum", "ascending"}
     assert out["results"]["sum"]["n_classes"] == 19 and out["results"]["ascending"]["n_classes"] == 2
     assert out["results"]["ascending"]["scene_counts"] == [2]

@@ -658,8 +658,8 @@ def _add_experiment(sub) -> None:
 
     p = sub.add_parser("experiment", help="the paper's experiments: generalisation (AIR vs DAIR), downstream tasks",
                        description="Reproduce an experiment of Eslami et al. (2016), section 3.1, with one command. "
-                       "Each writes NAME.json, NAME.md and NAME.png into --out and keeps its training runs under "
-                       "OUT/NAME_runs/ (a finished run with the same configuration is reused).")
+                       "Each writes NAME.json, NAME.md, NAME.png and NAME.svg into --out and keeps its training runs "
+                       "under OUT/NAME_runs/ (a finished run with the same configuration is reused).")
     ex = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     g = ex.add_parser("generalisation", help="AIR vs DAIR: count accuracy on digit counts never seen in training",
                       description="Train AIR, DAIR and memoryless DAIR on scenes with 0, 1, 2 digits and test on 3 "
@@ -674,7 +674,8 @@ def _add_experiment(sub) -> None:
                       "and a CNN on the raw pixels with the same labelled scenes; score both on held-out scenes.")
     for q, name in ((g, "generalisation"), (d, "downstream")):
         q.add_argument("--out", default=f"runs/experiments/{name}", metavar="DIR",
-                       help=f"output folder for {name}.json/.md/.png and the runs (default: runs/experiments/{name})")
+                       help=f"output folder for {name}.json/.md/.png/.svg and the runs "
+                       f"(default: runs/experiments/{name})")
         q.add_argument("--quick", action="store_true",
                        help="a short look: " + ", ".join(f"--{k.replace('_', '-')} "
                                                           f"{','.join(map(str, v)) if isinstance(v, tuple) else v}"
@@ -739,7 +740,7 @@ def _run_experiment(args) -> int:
         out = downstream(cfg, args.out, progress=not args.no_progress)
         from .experiments import downstream_table as table
     print(table(out))
-    print(f"wrote {os.path.join(args.out, args.experiment)}.json, .md and .png ({out['minutes']} minutes)")
+    print(f"wrote {os.path.join(args.out, args.experiment)}.json, .md, .png and .svg ({out['minutes']} minutes)")
     return 0
 
 

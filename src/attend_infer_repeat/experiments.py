@@ -10,8 +10,9 @@
   budgets.
 
 Both write ``NAME.json`` (everything measured and the exact configuration), ``NAME.md`` (the table) and
-``NAME.png`` (the figure) into an output folder, and keep their training runs under ``OUT/NAME_runs/`` (a run
-directory that already holds a finished run with the same configuration is reused, not trained again).
+``NAME.png`` and ``NAME.svg`` (the figure) into an output folder, and keep their training runs under
+``OUT/NAME_runs/`` (a run directory that already holds a finished run with the same configuration is reused, not
+trained again).
 
 Data settings, both stated in the JSON:
 
@@ -541,7 +542,7 @@ def task_scenes(task: str, split: str, n: int, model_cfg: ModelConfig, digit_siz
 
 def downstream(cfg: DownstreamConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Train (or load) AIR, then for each task, budget and seed train the latent MLP and the pixel CNN on the
-    same labelled scenes and score both on held-out scenes; write ``downstream.json``, ``.md``, ``.png``."""
+    same labelled scenes and score both on held-out scenes; write ``downstream.json``, ``.md``, ``.png``, ``.svg``."""
     from .evaluate import as_float_batch
     from .model import AIR
 
@@ -647,18 +648,36 @@ def downstream_table(out: dict) -> str:
 
 
 def write_downstream(out: dict, out_dir: Path) -> None:
-    from .visualise import line_plot
-
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "downstream.json", out)
     _write_text(out_dir / "downstream.md", downstream_table(out))
-    series = {}
+    downstream_figure(out, out_dir / "downstream.png")
+
+
+def downstream_figure(out: dict, path: Path) -> Path:
+    """One panel per task: both classifiers' held-out accuracy against the number of labelled scenes (log
+    axis), the mean over seeds with a band from the worst to the best seed, the majority class dashed. PNG
+    and SVG; redraws from a ``downstream.json`` as well (``downstream_figure(json.load(f), path)``)."""
+    from .visualise import line_panels
+
+    panels = []
     for task, r in out["results"].items():
-        xs = [math.log10(row["budget"]) for row in r["summary"]]
-        series[f"{task}: AIR latents + MLP"] = (xs, [row["latents_mean"] for row in r["summary"]])
-        series[f"{task}: CNN on pixels"] = (xs, [row["cnn_mean"] for row in r["summary"]])
-    line_plot(series, out_dir / "downstream.png", xlabel="log10(labelled scenes)", ylabel="held-out accuracy",
-              y_range=(0.0, 1.0), title="Downstream tasks: accuracy against the number of labels")
+        budgets = [row["budget"] for row in r["summary"]]
+        series, bands = {}, {}
+        for key, name in (("latents", "AIR latents + MLP"), ("cnn", "CNN on pixels")):
+            per_budget = [[run[key] for run in r["runs"] if run["budget"] == b] for b in budgets]
+            label = f"{name} ({max(map(len, per_budget), default=0)} seeds)"
+            series[label] = (budgets, [row[f"{key}_mean"] for row in r["summary"]])
+            bands[label] = (budgets, [min(v) for v in per_budget], [max(v) for v in per_budget])
+        styles = {label: {"marker": "o", "markersize": 4} for label in series}  # the budgets measured
+        what = {"sum": "sum of the digits", "ascending": "left digit < right digit"}.get(task)
+        panels.append(dict(series=series, bands=bands, styles=styles,
+                           title=f"{task}{f': {what}' if what else ''} ({r['n_classes']} classes)",
+                           xlabel="labelled scenes (log scale)", ylabel="held-out accuracy" if not panels else "",
+                           y_range=(0.0, 1.0), hlines=(r["majority_class_acc"],), hline_label="majority class",
+                           xlog=True, percent=True, legend_loc="lower right"))
+    return line_panels(panels, path, title="Downstream tasks: mean over seeds, band from the worst to the best seed",
+                       figsize=(4.2 * len(panels), 3.6), dpi=150)
 
 
 __all__ = ["GeneralisationConfig", "DownstreamConfig", "ClassifierConfig", "generalisation", "downstream",

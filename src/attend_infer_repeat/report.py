@@ -3,8 +3,8 @@
 Numbers alone (an accuracy, an ELBO) do not show whether the windows sit on the digits, what each step drew,
 or what the generative model imagines. The page shows it: reconstructions with each step's window, the
 step-by-step decomposition, training curves, the count confusion matrix, the worst errors, samples from
-the prior and a z_what traversal. Every picture is also written as a PNG in ``RUN/report/`` and embedded
-in ``RUN/report/index.html`` as base64, so the page can be mailed or archived as a single file.
+the prior and a z_what traversal. Every picture is also written as a PNG in ``RUN/report/`` (the plots also as
+SVG) and embedded in ``RUN/report/index.html`` as base64, so the page can be mailed or archived as a single file.
 """
 from __future__ import annotations
 
@@ -58,8 +58,14 @@ def _robust_range(values: list[float]) -> tuple[float, float] | None:
     return float(lo - margin), float(hi + margin)
 
 
+# the held-out curves have a point per evaluation (far fewer than the training records): a dot on each shows where
+# they were measured, and one evaluation alone still shows
+_HELD_OUT = {label: {"marker": "o", "markersize": 3} for label in ("held-out ELBO", "held-out count accuracy")}
+
+
 def _curves(records: list[dict], out: Path) -> list[tuple[str, Path]]:
-    """ELBO and held-out count accuracy against steps and against training wall-clock seconds."""
+    """ELBO and held-out count accuracy against steps and against training wall-clock seconds. The pictures
+    have no title of their own: the page's caption under each is its title."""
     by_kind = {k: [r for r in records if r.get("kind") == k] for k in ("train", "eval", "final")}
     held = by_kind["eval"] + by_kind["final"]
     figures = []
@@ -73,7 +79,8 @@ def _curves(records: list[dict], out: Path) -> list[tuple[str, Path]]:
             ys = [y for _, ys in series.values() for y in ys]
             name = f"elbo_vs_{'steps' if xkey == 'step' else 'time'}.png"
             figures.append((f"ELBO against {xlabel}", line_plot(series, out / name, xlabel=xlabel,
-                                                               ylabel="ELBO (nats)", y_range=_robust_range(ys))))
+                                                               ylabel="ELBO per image (nats)",
+                                                               y_range=_robust_range(ys), styles=_HELD_OUT)))
         series = {}
         for label, recs in (("train count accuracy (batch)", by_kind["train"]),
                             ("held-out count accuracy", held)):
@@ -85,7 +92,7 @@ def _curves(records: list[dict], out: Path) -> list[tuple[str, Path]]:
             name = f"accuracy_vs_{'steps' if xkey == 'step' else 'time'}.png"
             figures.append((f"Count accuracy against {xlabel}", line_plot(
                 series, out / name, xlabel=xlabel, ylabel="count accuracy", y_range=(0.0, 1.0),
-                hlines=(0.95, 0.98))))
+                hlines=(0.95, 0.98), hline_label="95% and 98%", percent=True, styles=_HELD_OUT)))
     return figures
 
 
@@ -170,6 +177,7 @@ body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; marg
 h1 { margin-bottom: 0; } .sub { color: #666; margin-top: 4px; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
 img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ccc; }
+img.plot { image-rendering: auto; }
 figure { margin: 12px 0; } figcaption { color: #555; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 8px 0; } th, td { padding: 4px 10px; border: 1px solid #ddd; }
 table.kv th { text-align: left; background: #f6f6f6; font-weight: 600; }
@@ -235,7 +243,8 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     curves = _curves(records, out)
     if curves:
         sections.append("<h2>Training</h2><div class='grid2'>" + "".join(
-            f"<figure><img src='{_png(path)}' alt='{html.escape(title)}'><figcaption>{html.escape(title)}"
+            f"<figure><img class='plot' src='{_png(path)}' alt='{html.escape(title)}'>"
+            f"<figcaption>{html.escape(title)}"
             "</figcaption></figure>" for title, path in curves) + "</div>")
     else:
         sections.append("<h2>Training</h2><p>No metrics.jsonl in this run directory: no curves.</p>")
@@ -263,7 +272,7 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
         p = draw_confusion(ev["confusion"], out / "confusion.png")
         block += ("<h3>Count confusion</h3><div class='grid2'><div>" + _confusion_html(ev["confusion"]) +
                   "<p>Rows: true number of digits; columns: number found.</p></div>"
-                  f"<figure><img src='{_png(p)}' alt='count confusion matrix'></figure></div>")
+                  f"<figure><img class='plot' src='{_png(p)}' alt='count confusion matrix'></figure></div>")
     sections.append(block)
     # 5. worst errors
     elbo = np.asarray(ev["per_image_elbo"])

@@ -1,13 +1,17 @@
-"""Pictures for people: grids of scenes with boxes drawn on them (ground truth now, predictions later).
+"""Pictures for people: grids of scenes with boxes drawn on them, and figures (line plots, the count confusion).
 
-Everything writes plain PNG files with Pillow, so it works on a headless machine without matplotlib.
+The image grids (:func:`draw_scene_grid`, :func:`draw_inference`, :func:`draw_overlay`, :func:`draw_image_table`)
+are drawn with Pillow: they show the model's pixels enlarged by a whole factor, nearest neighbour, with box
+outlines on exact pixels, which a plotting library would resample and pad. The figures (:func:`line_plot`,
+:func:`line_panels`, :func:`draw_confusion`) are drawn with matplotlib on its Agg canvas, so no display is
+needed, and each is written as a PNG and an SVG beside it (same name, ``.svg``).
 """
 from __future__ import annotations
 
-import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -121,105 +125,6 @@ def draw_scene_grid(
     return path
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike,
-              xlabel: str = "", ylabel: str = "", title: str = "", y_range: tuple[float, float] | None = None,
-              hlines: Sequence[float] = (), size: tuple[int, int] = (720, 420)) -> Path:
-    """A PNG line chart (Pillow only): ``series`` maps a legend label to (xs, ys). Dashed ``hlines`` mark
-    targets (e.g. 0.95 and 0.98 accuracy)."""
-    w, h = size
-    left, right, top, bottom = 64, 16, 44, 48
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    font = _font(12)
-    xs_all = [x for xs, _ in series.values() for x in xs]
-    ys_all = [y for _, ys in series.values() for y in ys]
-    if not xs_all:
-        raise InputError("line_plot needs at least one point")
-    x0, x1 = min(xs_all), max(xs_all)
-    y0, y1 = y_range if y_range else (min(ys_all), max(ys_all))
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
-    py = lambda y: h - bottom - (min(max(y, y0), y1) - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
-    d.rectangle([left, top, w - right, h - bottom], outline=(120, 120, 120))
-    for yv in nice_ticks(y0, y1):
-        d.line([left - 4, py(yv), left, py(yv)], fill=(80, 80, 80))
-        d.text((left - 8 - d.textlength(_tick(yv), font=font), py(yv) - 7), _tick(yv), fill=(0, 0, 0), font=font)
-    for xv in nice_ticks(x0, x1):
-        label = _tick(xv)
-        d.line([px(xv), h - bottom, px(xv), h - bottom + 4], fill=(80, 80, 80))
-        d.text((px(xv) - d.textlength(label, font=font) / 2, h - bottom + 8), label, fill=(0, 0, 0), font=font)
-    for yv in hlines:
-        for xa in range(left, w - right, 10):
-            d.line([xa, py(yv), min(xa + 5, w - right), py(yv)], fill=(150, 150, 150))
-    for k, (xs, ys) in enumerate(series.values()):
-        colour = DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)]
-        pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        elif pts:
-            d.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=colour)
-    # the legend: a white box with a coloured swatch and black text per series (light colours stay readable)
-    if series:
-        text_w = max(d.textlength(label, font=font) for label in series)
-        bw, bh = text_w + 34, 6 + 14 * len(series)
-        corners = [(w - right - 6 - bw, top + 6), (w - right - 6 - bw, h - bottom - 6 - bh), (left + 6, top + 6),
-                   (left + 6, h - bottom - 6 - bh)]
-
-        def covered(corner) -> int:  # how much of the curves a legend there would hide
-            cx, cy = corner
-            n = 0
-            for xs, ys in series.values():
-                pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
-                for (ax, ay), (bx, by) in zip(pts, pts[1:] or pts):
-                    for t in range(21):
-                        qx, qy = ax + (bx - ax) * t / 20, ay + (by - ay) * t / 20
-                        n += cx <= qx <= cx + bw and cy <= qy <= cy + bh
-            return n
-
-        cx, cy = min(corners, key=covered)  # the first corner among the least covered
-        box = [cx, cy, cx + bw, cy + bh]
-        d.rectangle(box, fill="white", outline=(160, 160, 160))
-        for k, label in enumerate(series):
-            yk = cy + 4 + 14 * k
-            d.line([box[0] + 6, yk + 6, box[0] + 24, yk + 6], fill=DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)], width=3)
-            d.text((box[0] + 30, yk), label, fill=(0, 0, 0), font=font)
-    d.text((left, 6), title, fill=(0, 0, 0), font=font)
-    d.text(((w - d.textlength(xlabel, font=font)) // 2, h - 18), xlabel, fill=(0, 0, 0), font=font)
-    d.text((4, top - 16), ylabel, fill=(0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
-
-
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """Round axis values in [lo, hi], about ``target`` of them, spaced 1, 2 or 5 times a power of ten."""
-    if not hi > lo:
-        return [lo]
-    raw = (hi - lo) / target
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9)
-    ticks = [round((first + k) * step, 12) for k in range(int((hi - first * step) / step + 1e-9) + 1)]
-    return [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
-
-
-def _font(size: int):
-    """Pillow's built-in font at ``size`` px (its default 10 px squeezes the spaces out of labels); the bitmap
-    default where Pillow is too old for sizes or has no FreeType."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, AttributeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
-def _tick(v: float) -> str:
-    """An axis label: whole numbers in full (2,500 rather than 2.5e+03), others to 3 significant digits."""
-    if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)):
-        return f"{int(round(v)):,}"
-    return f"{v:.3g}"
-
-
 def draw_inference(images, result, path: str | os.PathLike, true_counts: Sequence[int] | None = None,
                    scale: int = 3) -> Path:
     """What the model found: the input scenes (top row) with each inference step's window in its own
@@ -309,33 +214,224 @@ def draw_image_table(rows: Sequence[Sequence[np.ndarray]], path: str | os.PathLi
     return path
 
 
-def draw_confusion(matrix, path: str | os.PathLike, cell: int = 56) -> Path:
-    """A count confusion matrix (rows: true count, columns: found count) as a PNG heat map: each cell shaded
-    by its share of its row (so the diagonal reads as per-count accuracy) and labelled with the number."""
+# ============================================================================================================
+# Figures (matplotlib, Agg): line plots and the count confusion, each written as PNG and SVG
+# ============================================================================================================
+#: The report's figures: ``air report`` shows them two to a row in a page body at most 1,100 px wide, so each is
+#: about 530 CSS px wide. A figure 5.3 inches wide shown at that width keeps a point at about 1.4 CSS px (9 pt
+#: text reads at about 12.5 px), and twice that many pixels in the PNG keep it sharp on high-density screens.
+REPORT_FIGSIZE: tuple[float, float] = (5.3, 3.4)
+REPORT_DPI = 200
+
+#: Line colours in order (matplotlib's tab10, told apart by most colour-blind readers); the inference-step
+#: colours of :data:`DEFAULT_COLOURS` stay for boxes, where a colour means a step.
+PLOT_COLOURS: tuple[str, ...] = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                                 "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+_STYLE = {
+    "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "xtick.labelsize": 8.5, "ytick.labelsize": 8.5,
+    "legend.fontsize": 8.5, "figure.titlesize": 10, "legend.framealpha": 0.9, "axes.grid": True,
+    "grid.alpha": 0.3,
+    # SVG text stays text (searchable, small) and the files are the same bytes for the same figure: no date,
+    # fixed ids
+    "svg.fonttype": "none", "svg.hashsalt": "attend-infer-repeat",
+}
+
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+Bands = Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]]
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """matplotlib's settings for our figures, only while one is drawn or saved (nobody else's plots change)."""
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def _new_figure(ncols: int, figsize: tuple[float, float], dpi: float, sharey: bool = False):
+    """A Figure on its own Agg canvas (no pyplot: no global figure list to leak into, no backend to choose, no
+    display) with ``ncols`` axes side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0])
+
+
+def _number(v: float, _pos=None) -> str:
+    """An axis label: whole numbers in full with thousands separators (2,500, not 2.5e3 or an offset), others
+    with as many decimals as they have (ticks 2.5 apart read -497.5, not a rounded -498), up to six."""
+    if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)):
+        return f"{int(round(v)):,}"
+    if abs(v) < 1e-4:
+        return f"{v:.3g}"
+    return f"{v:,.6f}".rstrip("0").rstrip(".")
+
+
+def draw_lines(ax, series: Series, *, xlabel: str = "", ylabel: str = "", title: str = "",
+               y_range: tuple[float, float] | None = None, hlines: Sequence[float] = (), hline_label: str = "",
+               bands: Bands | None = None, styles: Mapping[str, Mapping[str, Any]] | None = None,
+               xlog: bool = False, percent: bool = False, legend_loc: str = "best") -> None:
+    """Draw one panel on the matplotlib axes ``ax``: ``series`` maps a legend label to (xs, ys), a line each
+    (a marker where there is one point). ``bands`` maps a label to (xs, lo, hi), a shaded band (e.g. the
+    worst to the best seed): in its series' colour and legend entry when a series has that label, else on
+    its own. ``styles`` maps a label to matplotlib line settings (``linewidth``, ``color``, ``alpha``...).
+    Dashed grey ``hlines`` mark reference values (targets, a baseline), with one legend entry
+    ``hline_label`` when it is given. ``xlog``: a logarithmic x axis; ``percent``: y values are fractions,
+    labelled as percentages."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    bands, styles = bands or {}, styles or {}
+    for label, (xs, ys) in series.items():
+        if len(xs) != len(ys):
+            raise InputError(f"series {label!r}: {len(xs)} x values for {len(ys)} y values")
+    if not any(len(xs) for xs, _ in series.values()) and not any(len(b[0]) for b in bands.values()):
+        raise InputError("line_plot needs at least one point")
+    handles, labels = [], []
+    k = 0
+    for label, (xs, ys) in series.items():
+        style = {"color": PLOT_COLOURS[k % len(PLOT_COLOURS)], "linewidth": 1.6,
+                 **({"marker": "o", "markersize": 4} if len(xs) == 1 else {}), **styles.get(label, {})}
+        k += 1
+        (line,) = ax.plot(list(xs), list(ys), label=label, **style)
+        handle = line
+        if label in bands:
+            bx, lo, hi = bands[label]
+            handle = (ax.fill_between(list(bx), list(lo), list(hi), color=line.get_color(), alpha=0.2,
+                                      linewidth=0), line)
+        handles.append(handle)
+        labels.append(label)
+    for label, (bx, lo, hi) in bands.items():
+        if label not in series:
+            colour = styles.get(label, {}).get("color", PLOT_COLOURS[k % len(PLOT_COLOURS)])
+            handles.append(ax.fill_between(list(bx), list(lo), list(hi), alpha=0.25, linewidth=0, color=colour))
+            labels.append(label)
+            k += 1
+    for v in hlines:
+        ax.axhline(v, color="0.4", linestyle="--", linewidth=0.9, zorder=1)
+    if hlines and hline_label:
+        handles.append(Line2D([], [], color="0.4", linestyle="--", linewidth=0.9))
+        labels.append(hline_label)
+    if xlog:
+        ax.set_xscale("log")
+        xs_all = sorted({x for xs, _ in series.values() for x in xs} | {x for b in bands.values() for x in b[0]})
+        if len(xs_all) <= 8:  # a few budgets or sizes: label exactly those, not the decades between
+            ax.xaxis.set_major_locator(FixedLocator(xs_all))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(_number))
+    # percentages with the decimals the ticks need (97.5%, 100%), not matplotlib's fixed count for all (97.50%)
+    ax.yaxis.set_major_formatter(FuncFormatter((lambda v, _=None: f"{_number(100 * v)}%") if percent else _number))
+    if y_range is not None:
+        ax.set_ylim(*y_range)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if handles:
+        ax.legend(handles, labels, loc=legend_loc)
+
+
+def line_panels(panels: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "",
+                figsize: tuple[float, float] | None = None, dpi: float = REPORT_DPI, sharey: bool = True) -> Path:
+    """Panels side by side (each a dict of :func:`draw_lines` arguments, ``series`` among them) written to
+    ``path`` (a .png) and an SVG beside it; returns the PNG's path."""
+    with _style():
+        return save_figure(panels_figure(panels, title, figsize, dpi, sharey), path)
+
+
+def panels_figure(panels: Sequence[Mapping[str, Any]], title: str = "", figsize: tuple[float, float] | None = None,
+                  dpi: float = REPORT_DPI, sharey: bool = True):
+    """The matplotlib Figure of :func:`line_panels` (for tests, or to draw more on it before saving)."""
+    if not panels:
+        raise InputError("a figure needs at least one panel")
+    with _style():
+        fig, axes = _new_figure(len(panels), figsize or (REPORT_FIGSIZE[0] * len(panels), REPORT_FIGSIZE[1]),
+                                dpi, sharey)
+        for ax, panel in zip(axes, panels):
+            draw_lines(ax, **panel)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def line_figure(series: Series, xlabel: str = "", ylabel: str = "", title: str = "",
+                y_range: tuple[float, float] | None = None, hlines: Sequence[float] = (),
+                figsize: tuple[float, float] = REPORT_FIGSIZE, dpi: float = REPORT_DPI, **kwargs):
+    """The matplotlib Figure of :func:`line_plot`: one panel, :func:`draw_lines` with these arguments."""
+    return panels_figure([dict(series=series, xlabel=xlabel, ylabel=ylabel, title=title, y_range=y_range,
+                               hlines=hlines, **kwargs)], figsize=figsize, dpi=dpi)
+
+
+def line_plot(series: Series, path: str | os.PathLike, xlabel: str = "", ylabel: str = "", title: str = "",
+              y_range: tuple[float, float] | None = None, hlines: Sequence[float] = (),
+              figsize: tuple[float, float] = REPORT_FIGSIZE, dpi: float = REPORT_DPI, **kwargs) -> Path:
+    """A line chart: ``series`` maps a legend label to (xs, ys); dashed ``hlines`` mark targets (e.g. 0.95
+    and 0.98 accuracy); further keyword arguments (bands, styles, hline_label, xlog, percent, legend_loc) as
+    for :func:`draw_lines`. Written to ``path`` (a .png) and an SVG beside it; returns the PNG's path."""
+    with _style():
+        return save_figure(line_figure(series, xlabel, ylabel, title, y_range, hlines, figsize, dpi, **kwargs), path)
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write the matplotlib Figure ``fig`` to ``path`` (a .png, at the figure's dpi) and as an SVG beside it
+    (same name, ``.svg``); return the PNG's path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"{path}: a figure is written as a PNG (and an SVG beside it): name a file ending in .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _style():
+        fig.savefig(path, format="png")
+        fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
+    return path
+
+
+def confusion_figure(matrix, figsize: tuple[float, float] = (REPORT_FIGSIZE[0], 4.4), dpi: float = REPORT_DPI):
+    """The matplotlib Figure of :func:`draw_confusion`."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    plt_blue, plt_red = colormaps["Blues"](0.7), colormaps["Reds"](0.6)
     m = np.asarray(matrix, dtype=np.int64)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.size == 0:
         raise InputError(f"a confusion matrix must be square and non-empty, got shape {m.shape}")
     k = m.shape[0]
-    left, top = 70, 40
-    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 10), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    d.text((left, 4), "found count ->", fill=(0, 0, 0), font=font)
-    d.text((2, top - 14), "true count", fill=(0, 0, 0), font=font)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
-    for t in range(k):
-        d.text((left - 16, top + t * cell + cell // 2 - 6), str(t), fill=(0, 0, 0), font=font)
-        d.text((left + t * cell + cell // 2 - 3, top - 14), str(t), fill=(0, 0, 0), font=font)
-        for p in range(k):
-            v = share[t, p]
-            shade = (int(255 - 200 * v), int(255 - 120 * v), 255) if t == p else (255, int(255 - 200 * v),
-                                                                                  int(255 - 200 * v))
-            box = [left + p * cell, top + t * cell, left + (p + 1) * cell - 1, top + (t + 1) * cell - 1]
-            d.rectangle(box, fill=shade, outline=(160, 160, 160))
-            text = str(int(m[t, p]))
-            d.text((box[0] + cell // 2 - 3 * len(text), box[1] + cell // 2 - 6), text,
-                   fill=(255, 255, 255) if v > 0.6 else (0, 0, 0), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    diagonal = np.eye(k, dtype=bool)
+    with _style():
+        fig, (ax,) = _new_figure(1, figsize, dpi)
+        # right and wrong counts in two hues, so a miscount stands out however few scenes it holds; cells fill
+        # the axes (not square) so the layout leaves room for the labels and the legend below
+        ax.imshow(np.ma.masked_where(~diagonal, share), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.imshow(np.ma.masked_where(diagonal, share), cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+        size = 9 if k <= 6 else 7
+        for t in range(k):
+            for p in range(k):
+                ax.text(p, t, f"{m[t, p]:,}\n{share[t, p]:.1%}" if m[t, p] else "0", ha="center", va="center",
+                        fontsize=size, color="white" if share[t, p] > 0.6 else "black")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticks(np.arange(k + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(k + 1) - 0.5, minor=True)
+        ax.grid(False)
+        ax.grid(which="minor", color="white", linewidth=1.5)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlabel("count found by the model")
+        ax.set_ylabel("true count")
+        ax.set_title("Count confusion: scenes per cell, and their share of the row")
+        ax.legend([Patch(color=plt_blue), Patch(color=plt_red)], ["counted right (diagonal)", "miscounted"],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    return fig
+
+
+def draw_confusion(matrix, path: str | os.PathLike, figsize: tuple[float, float] = (REPORT_FIGSIZE[0], 4.4),
+                   dpi: float = REPORT_DPI) -> Path:
+    """A count confusion matrix (rows: true count, columns: found count) as a heat map: each cell labelled
+    with its number of scenes and its share of its row (so the diagonal reads as per-count accuracy), shaded
+    by that share, blue on the diagonal and red off it. Written to ``path`` (a .png) and an SVG beside it;
+    returns the PNG's path."""
+    with _style():
+        return save_figure(confusion_figure(matrix, figsize, dpi), path)
