@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
