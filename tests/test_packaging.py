@@ -51,8 +51,10 @@ def test_the_sdist_ships_the_page_the_marker_and_a_runnable_test_suite(dists):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for name in SHIPPED:
         assert f"src/attend_infer_repeat/{name}" in names
-    # the tests come whole (setuptools alone would take test_*.py without the conftest.py they all need)
-    assert {"pyproject.toml", "README.md", "tests/conftest.py", "tests/test_packaging.py"} <= names
+    # the tests come whole (setuptools alone would take test_*.py without the conftest.py they all need), with the
+    # notebook one of them runs
+    assert {"pyproject.toml", "README.md", "tests/conftest.py", "tests/test_packaging.py",
+            "examples/tutorial.ipynb"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
