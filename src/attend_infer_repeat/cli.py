@@ -205,7 +205,7 @@ def _add_train(sub) -> None:
                    "given on the command line override the file's values (--steps alone drops the file's minutes "
                    "budget, as with --resume); after a new --dataset or --data, the sizes, zoom prior and --dair "
                    "the file had at its own data set's defaults take the new data set's. Trains into a new "
-                   "--run-dir (default: none, the options alone)")
+                   "--run-dir")
     g.add_argument("--steps", type=int, default=None,
                    help=f"training budget in optimiser steps (default: {t.steps})")
     g.add_argument("--minutes", type=float, default=None,
