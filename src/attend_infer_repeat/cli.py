@@ -191,14 +191,21 @@ def _add_train(sub) -> None:
         "multi-MNIST (50x50 scenes with 0-2 digits, generated from real MNIST on first use and cached), "
         "evaluates held-out count accuracy on scenes built from MNIST test digits, and writes a run "
         "directory with config.json, metrics.jsonl, last.pt, best.pt and summary.json. Ctrl-C saves "
-        "last.pt before exiting; --resume continues exactly where the run stopped. --dataset fashion or sprites "
-        "trains on the other generated scene data sets, --data PATH on your own images.",
+        "last.pt before exiting; --resume continues exactly where the run stopped. --config RUN trains a new run "
+        "with the configuration another run saved (the options given beside it override the file's). --dataset "
+        "fashion or sprites trains on the other generated scene data sets, --data PATH on your own images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="where to write the run (default: runs/air-DATE-TIME)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last.pt, with its own configuration and budget "
                    "(--steps/--minutes given with --resume set a new budget)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="start from the configuration a run saved: its config.json, or the run directory. Options "
+                   "given on the command line override the file's values (--steps alone drops the file's minutes "
+                   "budget, as with --resume); after a new --dataset or --data, the sizes, zoom prior and --dair "
+                   "the file had at its own data set's defaults take the new data set's. Trains into a new "
+                   "--run-dir")
     g.add_argument("--steps", type=int, default=None,
                    help=f"training budget in optimiser steps (default: {t.steps})")
     g.add_argument("--minutes", type=float, default=None,
@@ -295,53 +302,33 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train, parser=p)
 
 
+def _train_counts(text: str) -> tuple[int, ...]:
+    from .errors import InputError
+
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise InputError(f"--counts must be comma-separated integers like 0,1,2, got {text!r}") from None
+
+
 def _run_train(args) -> int:
     import json
 
-    from .config import ModelConfig, RunConfig, TrainConfig
     from .errors import InputError
     from .train import default_run_dir, train
 
-    try:
-        counts = tuple(int(c) for c in args.counts.split(",") if c.strip())
-    except ValueError:
-        raise InputError(f"--counts must be comma-separated integers like 0,1,2, got {args.counts!r}") from None
-    from .config import DATASET_DEFAULTS
-
     if args.data is not None and args.dataset is not None:
         raise InputError("give either --dataset (generated scenes) or --data PATH (your own images), not both")
-    dataset = "files" if args.data is not None else (args.dataset or "mnist")
-    scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
-        DATASET_DEFAULTS[dataset]["scale_prior_mean"]
-    model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
-                        window_size=args.window_size,
-                        dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
-                        dair_memory=args.dair_memory,
-                        z_pres_estimator=args.z_pres_estimator,
-                        likelihood=args.likelihood,
-                        likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
-                        z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
-                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=scale_prior_mean,
-                        scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
+    if args.resume and args.config is not None:
+        raise InputError("give either --resume (continue the run in --run-dir with its own configuration) or "
+                         "--config FILE (a new run from a saved configuration), not both")
     run_dir = args.run_dir or default_run_dir()
     if args.resume:
         cfg = _resumed_config(args)
+    elif args.config is not None:
+        cfg = _config_from_file(args)
     else:
-        train_cfg = TrainConfig(steps=args.steps if args.steps is not None else TrainConfig.steps,
-                                minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                                baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
-                                restarts=args.restarts,
-                                precision=args.precision,
-                                compile=args.compile, device=args.device, threads=args.threads,
-                                eval_every=args.eval_every,
-                                eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
-                                log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
-                                digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
-                                allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
-                                data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
-                                data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
-                                holdout=args.holdout)
-        cfg = RunConfig(model=model, train=train_cfg)
+        cfg = _config_from_options(args)
     if os.environ.get("RANK", "0") == "0":
         from .datasets import describe
 
@@ -366,6 +353,102 @@ def _run_train(args) -> int:
         print(f"air train: warning: could not write the report ({type(e).__name__}: {e}); "
               f"try 'air report {run_dir}'", file=sys.stderr)
     return 0
+
+
+def _config_from_options(args):
+    """A new run's configuration from the command line alone: the options given, the defaults for the rest."""
+    from .config import DATASET_DEFAULTS, ModelConfig, RunConfig, TrainConfig
+
+    counts = _train_counts(args.counts)
+    dataset = "files" if args.data is not None else (args.dataset or "mnist")
+    scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
+        DATASET_DEFAULTS[dataset]["scale_prior_mean"]
+    model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
+                        window_size=args.window_size,
+                        dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
+                        dair_memory=args.dair_memory,
+                        z_pres_estimator=args.z_pres_estimator,
+                        likelihood=args.likelihood,
+                        likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
+                        z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
+                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=scale_prior_mean,
+                        scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
+    train_cfg = TrainConfig(steps=args.steps if args.steps is not None else TrainConfig.steps,
+                            minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                            baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
+                            restarts=args.restarts,
+                            precision=args.precision,
+                            compile=args.compile, device=args.device, threads=args.threads,
+                            eval_every=args.eval_every,
+                            eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
+                            log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
+                            digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
+                            allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
+                            data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
+                            data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
+                            holdout=args.holdout)
+    return RunConfig(model=model, train=train_cfg)
+
+
+#: options of air train that are not part of a run's configuration
+_NOT_CONFIG = {"config", "run_dir", "resume", "no_progress"}
+
+
+def _typed_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options typed in ``argv``, whatever their values: a default typed on purpose counts
+    too, which comparing the parsed values with the defaults cannot tell. ``parser`` parses ``argv`` again with
+    every default suppressed, so only what was typed lands in the namespace."""
+    actions = [(a, a.default) for a in parser._actions]
+    defaults = dict(parser._defaults)
+    try:
+        for a, _ in actions:
+            a.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        typed, _ = parser.parse_known_args(argv)  # the sub-command's own name is left over
+    finally:
+        for a, default in actions:
+            a.default = default
+        parser._defaults.update(defaults)
+    return set(vars(typed))
+
+
+def _config_from_file(args):
+    """``air train --config FILE``: the configuration a run saved, with the options typed beside it in its place.
+
+    Only typed options count (argparse's defaults would otherwise undo the file). Budgets follow --resume: --steps
+    alone drops a minutes budget. The fields whose default depends on the data set (object sizes, zoom prior,
+    DAIR) hold resolved values in the file, so one equal to its data set's default is taken to be that default:
+    after a new --dataset or --data it becomes the new data set's, and a typed --digit-size alone means one size,
+    as on a fresh command line."""
+    from .config import DATASET_DEFAULTS, RunConfig
+
+    d = RunConfig.from_file(args.config).to_dict()
+    model, train = d["model"], d["train"]
+    typed = _typed_options(args.parser, args.argv) - _NOT_CONFIG
+    old = DATASET_DEFAULTS[train["dataset"]]
+    if "data" in typed:
+        train["dataset"], train["data_path"] = "files", os.path.abspath(os.path.expanduser(args.data))
+    elif "dataset" in typed:
+        train["dataset"], train["data_path"] = args.dataset, None
+    new = DATASET_DEFAULTS[train["dataset"]]
+    if (train["digit_size"], train["max_digit_size"]) == (old["digit_size"], old["max_digit_size"]):
+        train["digit_size"] = train["max_digit_size"] = None  # TrainConfig resolves them for the data set
+    for name in ("scale_prior_mean", "dair"):
+        if model[name] == old[name]:
+            model[name] = new[name]
+    if "steps" in typed or "minutes" in typed:
+        train["steps"] = args.steps if "steps" in typed else train["steps"]
+        train["minutes"] = args.minutes if "minutes" in typed else (None if "steps" in typed else train["minutes"])
+    for name in sorted(typed - {"data", "dataset", "steps", "minutes"}):
+        value = _train_counts(args.counts) if name == "counts" else getattr(args, name)
+        (model if name in model else train)[name] = value
+    cfg = RunConfig.from_dict(d)
+    if os.environ.get("RANK", "0") == "0":
+        options = [a.option_strings[isinstance(a, argparse.BooleanOptionalAction) and not getattr(args, a.dest)]
+                   for a in args.parser._actions if a.dest in typed]  # --no-dair where that was typed
+        print(f"air train: configuration from {args.config}"
+              + (f", with {', '.join(options)} from the command line" if options else ""), file=sys.stderr)
+    return cfg
 
 
 #: options a resumed run takes from the command line: where and how it runs, not what it trains
@@ -767,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # air train --config tells typed options by them
     try:
         return int(args.func(args) or 0)
     except AIRError as e:

@@ -10,9 +10,11 @@ Conventions used throughout the package:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from .errors import InputError
@@ -252,6 +254,44 @@ class RunConfig:
         train.pop("baseline_weights", None)
         return cls(model=config_from_dict(ModelConfig, model),
                    train=config_from_dict(TrainConfig, train))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "RunConfig":
+        """The configuration a run saved: its ``config.json``, or the run directory that holds one. Any problem
+        with the file is an InputError that names it."""
+        p = Path(path)
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise InputError(f"{p} is a folder without config.json; give a run directory that 'air train' "
+                                 "wrote, or a config.json file")
+            p = p / "config.json"
+        what = "give the config.json that 'air train' writes in every run directory (or the directory itself)"
+        try:
+            d = json.loads(p.read_bytes())
+        except FileNotFoundError:
+            raise InputError(f"{p} does not exist; {what}") from None
+        except OSError as e:
+            raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p} is not JSON ({e.msg} at line {e.lineno}, column {e.colno}); {what}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{p} is not JSON (not UTF-8 text); {what}") from None
+        if not isinstance(d, dict) or not {"model", "train"} <= set(d):
+            found = f"keys {sorted(d)}" if isinstance(d, dict) else _JSON_KINDS.get(type(d), type(d).__name__)
+            raise InputError(f"{p} is not a run configuration (one has 'model' and 'train' sections; this has "
+                             f"{found}); {what}")
+        unknown = sorted(set(d) - {"model", "train"})
+        if unknown:
+            raise InputError(f"{p}: unknown RunConfig field(s) {unknown}; a run configuration has 'model' and "
+                             "'train' only")
+        try:
+            return cls.from_dict(d)
+        except InputError as e:
+            raise InputError(f"{p}: {e}") from None
+
+
+_JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
 
 
 def config_from_dict(cls, d: dict[str, Any]):

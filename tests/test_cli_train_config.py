@@ -1,0 +1,133 @@
+"""``air train --config FILE``: a new run from the configuration another run saved, with the options typed beside
+it overriding the file. The runs train on sprites, which are drawn procedurally: no MNIST needed."""
+import json
+
+import pytest
+
+import attend_infer_repeat.train
+from attend_infer_repeat.cli import _NOT_CONFIG, build_parser, main
+from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+
+# --lr 0.002 and --batch-size 16 differ from the defaults, so that the defaults cannot pass for the file's values;
+# --compile off is given because this run is made once for the module, outside the per-test AIR_COMPILE=off
+TINY = ["--dataset", "sprites", "--n-train", "64", "--n-test", "16", "--batch-size", "16", "--lstm-hidden", "16",
+        "--z-what-dim", "4", "--eval-every", "2", "--eval-size", "16", "--checkpoint-every", "2", "--no-progress",
+        "--threads", "1", "--lr", "0.002", "--minutes", "30", "--compile", "off"]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("saved") / "run"
+    assert main(["train", "--steps", "2", "--run-dir", str(run), *TINY]) == 0
+    return run
+
+
+class Trained(Exception):
+    """Raised instead of training: carries the configuration air train would have trained."""
+
+
+@pytest.fixture
+def configured(monkeypatch):
+    """argv -> the RunConfig ``air train argv`` would train, without training it."""
+    def fake_train(cfg, run_dir, resume=False, progress=True):
+        raise Trained(cfg)
+
+    monkeypatch.setattr(attend_infer_repeat.train, "train", fake_train)
+
+    def configure(*argv: str) -> RunConfig:
+        with pytest.raises(Trained) as e:
+            main(["train", *argv])
+        return e.value.args[0]
+    return configure
+
+
+def test_a_saved_config_trains_the_same_run_again(saved_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(saved_run), "--run-dir", str(again), "--no-progress"]) == 0
+    first, second = (json.loads((r / "config.json").read_text()) for r in (saved_run, again))
+    assert second == first
+    assert first["train"]["lr"] == 0.002 and first["train"]["dataset"] == "sprites" and first["model"]["dair"]
+    # the file itself and the directory holding it are the same configuration
+    assert RunConfig.from_file(saved_run / "config.json") == RunConfig.from_file(saved_run) == \
+        RunConfig.from_dict(first)
+
+
+def test_typed_options_override_the_file_and_defaults_do_not(saved_run, configured, capsys):
+    saved = RunConfig.from_file(saved_run)
+    assert configured("--config", str(saved_run)) == saved
+    # a value typed on purpose wins even where it is the default (argparse alone could not tell it from untyped)
+    cfg = configured("--config", str(saved_run), "--lr", str(TrainConfig.lr), "--seed", "7", "--max-steps", "2")
+    assert (cfg.train.lr, cfg.train.seed, cfg.model.max_steps) == (TrainConfig.lr, 7, 2)
+    assert cfg.train.batch_size == 16 and cfg.model.lstm_hidden == 16  # untouched: the file's
+    assert "configuration from" in capsys.readouterr().err
+    # budgets as with --resume: --steps alone drops the file's minutes budget, --minutes alone keeps its steps
+    assert (lambda t: (t.steps, t.minutes))(configured("--config", str(saved_run), "--steps", "9").train) == (9, None)
+    assert (lambda t: (t.steps, t.minutes))(configured("--config", str(saved_run), "--minutes", "2").train) == (2, 2)
+    assert configured("--config", str(saved_run), "--counts", "1,2").train.counts == (1, 2)
+    assert configured("--config", str(saved_run), "--no-dair").model.dair is False
+
+
+def test_a_new_data_set_brings_its_own_defaults(saved_run, configured, tmp_path):
+    # the file's sprites defaults (10-20 px, DAIR) give way to MNIST's, the file's other values stay
+    cfg = configured("--config", str(saved_run), "--dataset", "mnist")
+    assert (cfg.train.dataset, cfg.train.digit_size, cfg.train.max_digit_size, cfg.model.dair) == \
+        ("mnist", 28, None, False)
+    assert cfg.train.lr == 0.002
+    # what is typed still wins, and a size typed alone is one size, as on a fresh command line
+    cfg = configured("--config", str(saved_run), "--dataset", "mnist", "--dair", "--digit-size", "24")
+    assert (cfg.train.digit_size, cfg.train.max_digit_size, cfg.model.dair) == (24, None, True)
+    assert (lambda t: (t.digit_size, t.max_digit_size))(configured("--config", str(saved_run),
+                                                                   "--digit-size", "12").train) == (12, None)
+    # values the file set itself (not its data set's defaults) stay
+    d = RunConfig.from_file(saved_run).to_dict()
+    d["train"].update(digit_size=12, max_digit_size=16)
+    d["model"]["scale_prior_mean"] = 2.5
+    (tmp_path / "own.json").write_text(json.dumps(d))
+    cfg = configured("--config", str(tmp_path / "own.json"), "--dataset", "fashion")
+    assert (cfg.train.digit_size, cfg.train.max_digit_size, cfg.model.scale_prior_mean, cfg.model.dair) == \
+        (12, 16, 2.5, False)
+    images = tmp_path / "images.npy"
+    cfg = configured("--config", str(saved_run), "--data", str(images))
+    assert (cfg.train.dataset, cfg.train.data_path, cfg.train.digit_size) == ("files", str(images), 28)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("{not json", "is not JSON (Expecting property name"),
+    ("[1, 2]", "is not a run configuration (one has 'model' and 'train' sections; this has a list)"),
+    ('{"steps": 10}', "is not a run configuration (one has 'model' and 'train' sections; this has keys ['steps'])"),
+    ('{"model": {}, "train": {"speed": 1}}', "unknown TrainConfig field(s) ['speed']"),
+    ('{"model": {"colour": 1}, "train": {}}', "unknown ModelConfig field(s) ['colour']"),
+    ('{"model": {}, "train": {}, "notes": "x"}', "unknown RunConfig field(s) ['notes']"),
+    ('{"model": {}, "train": {"lr": "fast"}}', "TrainConfig.lr must be float (finite), got 'fast'"),
+])
+def test_bad_config_files_give_one_clear_line(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"air train: error: {path}") and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_without_config_and_resume_with_config_are_refused(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert "is a folder without config.json" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path), "--resume", "--run-dir", str(tmp_path)]) == 2
+    assert "give either --resume" in capsys.readouterr().err
+
+
+def test_every_train_option_is_a_config_field():
+    """--config maps each typed option to the field of the same name: a new option must be one (or be named in
+    _NOT_CONFIG, or handled like --data, --dataset and the budgets)."""
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    fields = set(ModelConfig.__dataclass_fields__) | set(TrainConfig.__dataclass_fields__)
+    dests = {a.dest for a in train._actions if a.option_strings and a.dest != "help"}
+    assert dests - fields - _NOT_CONFIG == {"data"}
+
+
+def test_train_help_documents_config():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert "--config FILE" in text and "override the file's values" in text
