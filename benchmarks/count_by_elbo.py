@@ -1,0 +1,75 @@
+"""Does a model over-count because its guide misjudges the count, or because its own ELBO prefers the extra
+object? For each scene, the guide is run with every step present (deterministic latents); each count n is scored
+by log p(x | z_1..n) - sum_{i<=n} KL(z_where_i, z_what_i) + log p(n), and the best-scoring count is compared with
+the count the guide's presence gives. Where the best-scoring count is as wrong as the guide's, the model itself
+prefers the wrong count.
+
+usage: python benchmarks/count_by_elbo.py CHECKPOINT --digit-size 20 --counts 2,3,4 [--n 500] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+@torch.no_grad()
+def count_scores(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, N + 1): the ELBO term of each count n = 0..N for the guide's deterministic latents."""
+    from attend_infer_repeat.objective import count_log_probs, kl_normal
+
+    cfg = model.config
+    q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))
+    objects = torch.stack(q.steps, 1) if cfg.dair else model.draw(q.z_what, q.z_where)[0].cumsum(1)
+    canvases = torch.cat([torch.zeros_like(objects[:, :1]), objects], 1)
+    log_lik = model.log_likelihood(x[:, None], canvases)
+    cost = (kl_normal(q.z_where_loc, q.z_where_std, model.where_prior_loc, model.where_prior_std).sum(-1)
+            + kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1))
+    costs = torch.cat([torch.zeros_like(cost[:, :1]), cost.cumsum(1)], 1)
+    log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
+    return log_lik - costs + log_prior
+
+
+def main() -> None:
+    from attend_infer_repeat import AIR
+    from attend_infer_repeat.evaluate import as_float_batch
+    from attend_infer_repeat.model import eval_mode
+    from attend_infer_repeat.scenes import SceneConfig, make_scenes
+
+    from common import record
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--digit-size", type=int, default=28)
+    p.add_argument("--counts", default="0,1,2")
+    p.add_argument("--n", type=int, default=500, help="scenes per count")
+    p.add_argument("--seed", type=int, default=777, help="scene seed (training uses 0-2)")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    model = AIR.load(a.checkpoint)
+    result = {"benchmark": "count_by_elbo", **record(), "checkpoint": a.checkpoint, "digit_size": a.digit_size,
+              "scenes_per_count": a.n, "scene_seed": a.seed, "counts": {}}
+    for count in (int(c) for c in a.counts.split(",")):
+        scenes = make_scenes("test", a.n, SceneConfig(digit_size=a.digit_size, counts=(count,), seed=a.seed))
+        with eval_mode(model):
+            best = count_scores(model, as_float_batch(torch.as_tensor(scenes.images))).argmax(1).numpy()
+        guide = model.infer(scenes.images).counts.numpy()
+        bins = model.config.max_steps + 1
+        result["counts"][str(count)] = {
+            "guide_acc": float((guide == count).mean()), "guide_histogram": np.bincount(guide, minlength=bins).tolist(),
+            "best_elbo_acc": float((best == count).mean()),
+            "best_elbo_histogram": np.bincount(best, minlength=bins).tolist()}
+        print(count, result["counts"][str(count)], flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()
