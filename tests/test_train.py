@@ -359,23 +359,7 @@ def _trap_at_first_check(trainer):
     return calls
 
 
-@pytest.fixture
-def early_check_anytime(monkeypatch):
-    """Tiny runs of a dozen steps: the early trap check's floor (step 1,000) taken away."""
-    import attend_infer_repeat.train as train_module
-
-    monkeypatch.setattr(train_module, "RESTART_MIN_STEP", 0)
-
-
-@pytest.mark.parametrize("steps, eval_every, check", [(6000, 1000, 1000), (12000, 1000, 2000), (3000, 500, 1000),
-                                                      (3000, 250, 1000), (1500, 250, None), (2000, 1000, None)])
-def test_the_early_trap_check_comes_from_a_sixth_of_the_budget_and_step_1000(steps, eval_every, check, tmp_path):
-    tr = Trainer.__new__(Trainer)  # only the schedule is needed
-    tr.cfg = RunConfig(train=TrainConfig(steps=steps, eval_every=eval_every))
-    assert tr.trap_check_step() == check
-
-
-def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, tmp_path, capsys, early_check_anytime):
+def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, tmp_path, capsys):
     data = tiny_data()
     cfg = tiny_run(tiny_config, steps=12, eval_every=3, restarts=1)
     plain = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=0), tmp_path / "plain", data=data,
@@ -403,7 +387,7 @@ def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, t
     assert torch.equal(params(again.model), params(tr.model))
 
 
-def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path, early_check_anytime):
+def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path):
     data = tiny_data()
     cfg = tiny_run(tiny_config, steps=12, eval_every=3, restarts=1)
     full = Trainer(cfg, tmp_path / "full", data=data, progress=False)
@@ -419,12 +403,12 @@ def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path, early_check_anyt
     assert torch.equal(params(resumed.model), params(full.model))
 
 
-def test_no_restart_after_the_first_third_of_the_budget(tiny_config, tmp_path, early_check_anytime):
+def test_no_restart_after_the_first_quarter_of_the_budget(tiny_config, tmp_path):
     tr = Trainer(tiny_run(tiny_config, steps=8, eval_every=3, restarts=2), tmp_path, data=tiny_data(),
                  progress=False)
     calls = _trap_at_first_check(tr)
     summary = tr.fit()
-    assert summary["restarts"] == [] and calls == [8]  # only the final check ran: step 3 is past 8 / 3
+    assert summary["restarts"] == [] and calls == [8]  # only the final check ran: step 3 is past 8 / 4
 
 
 def test_progress_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():

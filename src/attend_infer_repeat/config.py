@@ -177,8 +177,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 1000  # held-out evaluation every this many steps
     # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels) finds
-    # a known bad optimum at the first evaluation from a sixth of its step budget and step 1,000 on (if that is
-    # before a third of the budget: shorter runs get the final check only)
+    # a known bad optimum at the first evaluation from a sixth of its step budget on (if before a quarter of it)
     restarts: int = 2
     eval_size: int = 2000  # held-out scenes scored at each evaluation (the final evaluation uses all)
     checkpoint_every: int = 1000

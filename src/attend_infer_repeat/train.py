@@ -41,11 +41,9 @@ from .model import AIR
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
-RESTART_AT, RESTART_WINDOW = 1 / 6, 1 / 3  # the early trap check: the first evaluation from 1/6 of the step budget
-# on, but not before RESTART_MIN_STEP, if that comes before 1/3 of the budget (one check per attempt; starting
-# again costs at most a third of the budget). Earlier than that, a run that goes on to count well still shows the
-# marks of the traps, so short runs were restarted for nothing (benchmarks/README.md, "Generalisation")
-RESTART_MIN_STEP = 1000
+RESTART_AT, RESTART_WINDOW = 1 / 6, 1 / 4  # the early trap check: the first evaluation from 1/6 of the step budget
+# on, if that comes before 1/4 of it (one check per attempt: a model this far in is past its first minutes of
+# learning, and starting again costs at most a quarter of the budget)
 
 
 def attempt_seed(seed: int, attempt: int) -> int:
@@ -611,7 +609,7 @@ class Trainer:
     def trap_check_step(self) -> int | None:
         """The step of this attempt's early trap check (None: no evaluation falls in the window)."""
         t = self.cfg.train
-        step = math.ceil(max(RESTART_AT * t.steps, RESTART_MIN_STEP) / t.eval_every) * t.eval_every
+        step = math.ceil(RESTART_AT * t.steps / t.eval_every) * t.eval_every
         return step if step <= RESTART_WINDOW * t.steps else None
 
     def restart(self, found: list[dict]) -> None:
