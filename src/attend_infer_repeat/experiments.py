@@ -86,10 +86,10 @@ def _write_text(path: Path, text: str) -> None:
 def _finished(run_dir: Path, cfg: RunConfig) -> bool:
     """Whether ``run_dir`` holds a finished run of ``cfg`` (the thread count, which changes no result, aside)."""
     try:
-        saved = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        saved = RunConfig.from_file(run_dir / "config.json")
         saved.train.threads = cfg.train.threads
         return (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file() and saved == cfg
-    except (OSError, ValueError, InputError, TypeError, AttributeError):
+    except (InputError, ValueError, TypeError, AttributeError):  # no run, another kind of file, another version
         return False
 
 
