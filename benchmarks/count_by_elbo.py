@@ -26,7 +26,8 @@ def count_scores(model, x: torch.Tensor) -> torch.Tensor:
 
     cfg = model.config
     q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))
-    objects = torch.stack(q.steps, 1) if cfg.dair else model.draw(q.z_what, q.z_where)[0].cumsum(1)
+    objects = torch.stack(q.steps, 1) if cfg.dair else \
+        model.compose(model.draw(q.z_what, q.z_where)[0], cumulative=True)
     canvases = torch.cat([torch.zeros_like(objects[:, :1]), objects], 1)
     log_lik = model.log_likelihood(x[:, None], canvases)
     cost = (kl_normal(q.z_where_loc, q.z_where_std, model.where_prior_loc, model.where_prior_std).sum(-1)

@@ -131,3 +131,50 @@ def test_train_help_documents_config():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     text = " ".join(train.format_help().split())
     assert "--config FILE" in text and "override the file's values" in text
+
+
+def test_init_from_starts_from_the_checkpoints_weights_and_model(saved_run, configured, tmp_path):
+    """--init-from: the model configuration comes from the checkpoint with the typed model options in its place,
+    and the first step starts from its weights (not new ones)."""
+    import torch
+
+    from attend_infer_repeat import AIR
+    from attend_infer_repeat.train import Trainer
+
+    saved = RunConfig.from_file(saved_run)
+    cfg = configured("--init-from", str(saved_run), "--dataset", "mnist", "--composition", "max",
+                     "--scale-prior-std", "0.5", "--steps", "3")
+    assert cfg.model == ModelConfig(**{**saved.model.__dict__, "composition": "max", "scale_prior_std": 0.5})
+    assert cfg.train.init_from == str(saved_run.resolve()) and cfg.train.steps == 3
+    assert cfg.train.lr == TrainConfig.lr  # the training options are the command line's, not the run's
+    import dataclasses
+
+    tuned = dataclasses.replace(saved.train, init_from=cfg.train.init_from, seed=5)  # sprites: no MNIST needed
+    trainer = Trainer(RunConfig(model=cfg.model, train=tuned), tmp_path / "next", progress=False, tensorboard=False)
+    trained = AIR.load(saved_run).state_dict()
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    assert trainer.model.where_prior_std[0] == 0.5  # the new prior, not the checkpoint's
+    # with --config the configuration is the file's, and --init-from goes with it
+    cfg = configured("--config", str(saved_run), "--init-from", str(saved_run / "last.pt"))
+    assert cfg.model == saved.model and cfg.train.init_from == str((saved_run / "last.pt").resolve())
+
+
+def test_init_from_trains_a_run_and_refuses_what_does_not_fit(saved_run, tmp_path, capsys):
+    run = tmp_path / "tuned"
+    assert main(["train", "--init-from", str(saved_run), "--run-dir", str(run), "--steps", "2", *TINY,
+                 "--composition", "max"]) == 0
+    written = RunConfig.from_file(run)
+    assert written.model.composition == "max" and written.train.init_from == str(saved_run.resolve())
+    capsys.readouterr()
+    assert main(["train", "--init-from", str(saved_run), "--run-dir", str(tmp_path / "x"), *TINY, "--steps", "2",
+                 "--z-what-dim", "8"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("air train: error: --init-from") and "other sizes" in last and "vs model" in last
+    assert not (tmp_path / "x" / "last.pt").exists()
+    assert main(["train", "--init-from", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "y"), *TINY,
+                 "--steps", "2"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", "--init-from", str(saved_run), "--resume", "--run-dir", str(run), "--no-progress"]) == 2
+    assert "give one of them" in capsys.readouterr().err

@@ -123,6 +123,26 @@ def _baseline_differs(model, weights: dict[str, torch.Tensor]) -> bool:
     return set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own)
 
 
+def initial_weights(path: str | Path, model) -> dict[str, torch.Tensor]:
+    """The weights a run starts from (``air train --init-from``), checked to fit ``model``.
+
+    The model's sizes must be the checkpoint's; its priors, likelihood, composition and estimator may differ
+    (none of them has weights). The NVIL baseline is kept where it fits; it serves only training's gradient
+    estimate, so a model that has none (or another) starts with its own new one."""
+    p = resolve_checkpoint(path)
+    weights = load_checkpoint(p)["model"]
+    if _baseline_differs(model, weights):
+        weights = {k: v for k, v in weights.items() if not k.startswith("baseline.")}
+        weights.update({k: v for k, v in model.state_dict().items() if k.startswith("baseline.")})
+    try:
+        check_state_dict(model, weights, p)
+    except CheckpointError as e:
+        raise InputError(f"--init-from {p}: its model has other sizes than this run's ({str(e).split('(', 1)[-1]}; "
+                         "give the sizes it was trained with, e.g. with --config and its run directory") from None
+    check_finite(weights, p)
+    return weights
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the AIR model a checkpoint holds, in eval mode."""
     return load_run(path, device)[0]

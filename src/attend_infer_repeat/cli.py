@@ -206,6 +206,11 @@ def _add_train(sub) -> None:
                    "budget, as with --resume); after a new --dataset or --data, the sizes, zoom prior and --dair "
                    "the file had at its own data set's defaults take the new data set's. Trains into a new "
                    "--run-dir")
+    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from the weights of a trained model (a .pt file or a run directory) instead of new "
+                   "ones, e.g. to go on training on other scenes; without --config its model configuration is "
+                   "taken too, with the model options typed beside it (priors, composition, ...) in its place. "
+                   "No restarts: there are no new weights to restart from")
     g.add_argument("--steps", type=int, default=None,
                    help=f"training budget in optimiser steps (default: {t.steps})")
     g.add_argument("--minutes", type=float, default=None,
@@ -285,6 +290,9 @@ def _add_train(sub) -> None:
                    help="p(x | z): Gaussian with fixed sigma, or Bernoulli")
     g.add_argument("--likelihood-sigma", type=float, default=m.likelihood_sigma,
                    help="sigma of the Gaussian likelihood")
+    g.add_argument("--composition", choices=("sum", "max"), default=m.composition,
+                   help="how objects make the canvas: their sum (the paper's) or the pixel-wise maximum (ink "
+                   "that overlaps, as in the generated scenes: two crossing digits cost no more than two apart)")
     g.add_argument("--z-pres-prior", choices=("bernoulli", "geometric"), default=m.z_pres_prior,
                    help="prior on the count: fixed Bernoulli per step, or truncated geometric with annealing")
     g.add_argument("--z-pres-prior-p", type=float, default=m.z_pres_prior_p,
@@ -323,12 +331,19 @@ def _run_train(args) -> int:
         raise InputError("give either --resume (continue the run in --run-dir with its own configuration) or "
                          "--config FILE (a new run from a saved configuration), not both")
     run_dir = args.run_dir or default_run_dir()
+    if args.resume and args.init_from is not None:
+        raise InputError("--init-from starts a new run from a model's weights; --resume continues a run from its "
+                         "own: give one of them")
+    if args.init_from is not None:
+        args.init_from = os.path.abspath(os.path.expanduser(args.init_from))
     if args.resume:
         cfg = _resumed_config(args)
     elif args.config is not None:
         cfg = _config_from_file(args)
     else:
         cfg = _config_from_options(args)
+        if args.init_from is not None:
+            cfg = _with_checkpoint_model(args, cfg)
     if os.environ.get("RANK", "0") == "0":
         from .datasets import describe
 
@@ -368,7 +383,7 @@ def _config_from_options(args):
                         dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
                         dair_memory=args.dair_memory,
                         z_pres_estimator=args.z_pres_estimator,
-                        likelihood=args.likelihood,
+                        likelihood=args.likelihood, composition=args.composition,
                         likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
                         z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
                         z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=scale_prior_mean,
@@ -386,8 +401,23 @@ def _config_from_options(args):
                             allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
                             data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
                             data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
-                            holdout=args.holdout)
+                            holdout=args.holdout, init_from=args.init_from)
     return RunConfig(model=model, train=train_cfg)
+
+
+def _with_checkpoint_model(args, cfg):
+    """``air train --init-from CHECKPOINT`` without --config: the checkpoint's model configuration (so that its
+    weights fit), with the model options typed on the command line in its place."""
+    import dataclasses
+
+    from .checkpoint import load_checkpoint, resolve_checkpoint, saved_config
+    from .config import ModelConfig
+
+    path = resolve_checkpoint(args.init_from)
+    model = dataclasses.asdict(saved_config(load_checkpoint(path), path).model)
+    for name in _typed_options(args.parser, args.argv) & set(model):
+        model[name] = getattr(args, name)
+    return dataclasses.replace(cfg, model=ModelConfig(**model))
 
 
 #: options of air train that are not part of a run's configuration

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import InputError
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+COMPOSITIONS = ("sum", "max")
 #: What ``air train`` trains on: generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites, or
 #: the user's own image files/arrays (``data_path``).
 DATASETS = ("mnist", "fashion", "sprites", "files")
@@ -95,6 +96,10 @@ class ModelConfig:
     # Likelihood p(x | z)
     likelihood: str = "gaussian"
     likelihood_sigma: float = 0.3
+    # How the objects make the canvas. "sum" (the paper's): the canvas is the sum of the objects, so where two
+    # objects' ink crosses it is counted twice. "max" (ours): each pixel is the brightest object's, which is how
+    # ink on paper (and our generated scenes) overlaps; two crossing digits then cost no more than two apart
+    composition: str = "sum"
     # Priors of the generative model
     z_pres_prior: str = "bernoulli"  # "bernoulli": fixed p per step; "geometric": truncated geometric on the count
     z_pres_prior_p: float = 0.01  # the Bernoulli prior's p (Pyro tutorial), or the geometric prior's final value
@@ -123,6 +128,8 @@ class ModelConfig:
                "all see the same image, so without memory they would all find the same object")
         _check(self.z_pres_estimator in Z_PRES_ESTIMATORS,
                f"z_pres_estimator must be one of {Z_PRES_ESTIMATORS}, got {self.z_pres_estimator!r}")
+        _check(self.composition in COMPOSITIONS,
+               f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
         _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
         _check(self.z_pres_prior in Z_PRES_PRIORS,
@@ -194,6 +201,9 @@ class TrainConfig:
     dataset: str = "mnist"  # mnist | fashion | sprites: the generated scenes; files: the images at data_path
     data_path: str | None = None  # dataset "files": a folder of images, a .npy/.npz array or a scene .npz
     holdout: float = 0.1  # dataset "files": the fraction of the images held out for evaluation
+    # start from the weights of this checkpoint (a .pt file or a run directory) instead of new ones: go on
+    # training a model that counts on other scenes (other sizes, overlap, your images). None: new weights
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -84,7 +84,7 @@ def object_marks(model: AIR, images, batch_size: int = 500) -> dict[str, np.ndar
             q = model.guide(x, deterministic=True)
             objects, _ = model.draw(q.z_what, q.z_where)  # (B, N, 1, H, W)
             objects = (objects * q.z_pres[:, :, None, None, None]).float()
-            canvas = q.canvas if cfg.dair else objects.sum(1)
+            canvas = q.canvas if cfg.dair else model.compose(objects)
             drawn = objects.flatten(2).sum(-1)  # (B, N)
             image_ink = x.flatten(1).sum(-1)
             left = (x - canvas).clamp_min(0).flatten(1).sum(-1)

@@ -5,7 +5,8 @@ Read it in three parts, each in one place:
 1. **Generative model** p(x, z) (:meth:`AIR.render`, :meth:`AIR.log_likelihood`, the priors in
    :meth:`AIR.prior`): the number of objects n from its prior (step-wise z_pres), for each object
    ``z_where ~ N(mu_w, sigma_w)`` and ``z_what ~ N(0, I)``; the decoder draws each object in its window,
-   the inverse spatial transform puts it on the canvas, the canvas is the sum of the present objects, and
+   the inverse spatial transform puts it on the canvas, the canvas is the sum of the present objects (or, with
+   ``composition="max"``, their pixel-wise maximum: :meth:`AIR.overlay`), and
    x ~ N(canvas, sigma^2) (or Bernoulli).
 2. **Guide** q(z | x) (:meth:`AIR.guide`): an LSTM looks at the image (DAIR: at the image minus the canvas
    drawn so far) and at the previous step's latents, up to N times. Each step proposes
@@ -166,10 +167,23 @@ class AIR(nn.Module):
         return (placed.view(b, n, 1, cfg.image_size, cfg.image_size),
                 windows.view(b, n, 1, cfg.window_size, cfg.window_size))
 
+    def overlay(self, canvas: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+        """Put objects on a canvas: their sum (the paper's) or, with ``composition="max"``, the brighter of the
+        two at each pixel. Objects are never negative (the decoder ends in a sigmoid), so an absent object
+        (all zeros) changes nothing either way."""
+        return torch.maximum(canvas, objects) if self.config.composition == "max" else canvas + objects
+
+    def compose(self, objects: torch.Tensor, cumulative: bool = False) -> torch.Tensor:
+        """The canvas of objects (B, N, 1, H, W) (absent ones already zeroed): (B, 1, H, W), or with
+        ``cumulative`` the canvas after each step (B, N, 1, H, W)."""
+        if self.config.composition == "sum":
+            return objects.cumsum(1) if cumulative else objects.sum(1)
+        return objects.cummax(1).values if cumulative else objects.amax(1)
+
     def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
-        """The canvas: the sum of the present objects. z_pres (B, N) -> canvas (B, 1, H, W), windows."""
+        """The canvas of the present objects. z_pres (B, N) -> canvas (B, 1, H, W), windows."""
         placed, windows = self.draw(z_what, z_where)
-        return (placed * z_pres[:, :, None, None, None]).sum(1), windows
+        return self.compose(placed * z_pres[:, :, None, None, None]), windows
 
     def log_likelihood(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
         """log p(x | z) summed over the pixels (the last three dimensions, C, H, W): (B,), or (B, K) for K
@@ -267,7 +281,7 @@ class AIR(nn.Module):
                 out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
                 step_canvas, _ = self.render(z_what[:, None], z_where[:, None], z_pres[:, None])
-                canvas = canvas + step_canvas
+                canvas = self.overlay(canvas, step_canvas)
                 steps.append(canvas)
 
             for k, v in (("z_pres", z_pres), ("z_pres_logit", logit), ("z_where", z_where),
@@ -315,12 +329,12 @@ class AIR(nn.Module):
         the expectation the paper's single-sample estimator (:meth:`objective`) estimates, with the sum over the
         N + 1 counts done instead of sampled. Its gradient for the presence logits is therefore exact for the
         drawn continuous latents: no score function, no baseline. It costs N + 1 likelihoods of the image (the
-        canvases are cumulative sums of the objects the decoder draws anyway)."""
+        canvases are cumulative compositions of the objects the decoder draws anyway)."""
         cfg = self.config
         if cfg.dair:  # the canvases after each step, every step present
             objects_so_far = torch.stack(q.steps, 1)
         else:
-            objects_so_far = self.draw(q.z_what, q.z_where)[0].cumsum(1)
+            objects_so_far = self.compose(self.draw(q.z_what, q.z_where)[0], cumulative=True)
         canvases = torch.cat([torch.zeros_like(objects_so_far[:, :1]), objects_so_far], 1)  # (B, N + 1, 1, H, W)
         log_lik = self.log_likelihood(x[:, None], canvases)  # (B, N + 1): log p(x | the first n objects)
 
@@ -395,7 +409,7 @@ class AIR(nn.Module):
                 x = x_all[i:i + batch_size].to(dev)
                 q = self.guide(x, deterministic=deterministic)
                 placed, windows = self.draw(q.z_what, q.z_where)
-                canvas = (placed * q.z_pres[:, :, None, None, None]).sum(1)
+                canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
                 parts.append((q, canvas, windows, ink_boxes(placed[:, :, 0], q.z_where, cfg)))
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)

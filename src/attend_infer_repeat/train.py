@@ -28,6 +28,7 @@ from .checkpoint import (
     atomic_write_bytes,
     check_finite,
     check_state_dict,
+    initial_weights,
     load_checkpoint,
     save_checkpoint,
     saved_config,
@@ -340,6 +341,8 @@ class Trainer:
             reuse_freed_memory()
         torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = AIR(cfg.model).to(self.device)
+        if t.init_from:  # go on from a trained model: the same weights in every process
+            self.model.load_state_dict(initial_weights(t.init_from, self.model))
         self.opt = make_optimizer(self.model, cfg)
         # fp16 needs dynamic loss scaling so that small gradients do not underflow (bf16 and fp32 do not)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -736,7 +739,8 @@ class Trainer:
                     if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
-                if self.step == self.trap_check_step() and len(self.restarts) < t.restarts:
+                # a run that starts from given weights has no new ones to restart from
+                if self.step == self.trap_check_step() and len(self.restarts) < t.restarts and not t.init_from:
                     found = [trap for trap in self.check_traps()["traps"] if trap["name"] in RESTART_TRAPS] \
                         if self.is_main else []
                     if self.all_agree(bool(found)):
