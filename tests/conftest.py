@@ -26,7 +26,7 @@ def _seed_and_isolate(monkeypatch, tmp_path_factory):
 def tiny_config() -> ModelConfig:
     """A small model (20x20 images) for fast structural tests."""
     return ModelConfig(image_size=20, window_size=8, z_what_dim=4, lstm_hidden=16, encoder_hidden=16,
-                       decoder_hidden=16, predict_hidden=16, scale_prior_mean=2.0)
+                       decoder_hidden=16, predict_hidden=16, scale_prior_mean=2.0, dair=False)
 
 
 def blob_images(n: int, size: int = 20, seed: int = 0) -> torch.Tensor:

@@ -393,3 +393,24 @@ def test_windows_past_the_image_edge_are_still_drawn(tmp_path, tiny_config):
     picture = np.asarray(Image.open(draw_inference(torch.zeros(1, 1, 20, 20), result, tmp_path / "p.png"))
                          .convert("RGB"))
     assert (picture == np.array(DEFAULT_COLOURS[0], np.uint8)).all(-1).sum() > 20
+
+
+def test_the_registry_feeds_the_defaults_the_cli_and_python_alike():
+    """One table: a run configured from Python takes its data set's DAIR default as air train does (sprites ->
+    DAIR), an explicit choice is kept, and air's --dataset choices are the registry's generated data sets."""
+    from attend_infer_repeat.cli import build_parser
+    from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+    from attend_infer_repeat.errors import InputError
+    from attend_infer_repeat.registry import DATASETS, SCENE_DATASETS, dataset
+
+    assert RunConfig(train=TrainConfig(dataset="sprites")).model.dair is True
+    assert RunConfig(train=TrainConfig(dataset="mnist")).model.dair is False
+    assert RunConfig(model=ModelConfig(dair=False), train=TrainConfig(dataset="sprites")).model.dair is False
+    assert set(SCENE_DATASETS) == set(DATASETS) - {"files"}
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    action = next(a for a in train._actions if a.dest == "dataset")
+    assert tuple(action.choices) == SCENE_DATASETS
+    with pytest.raises(InputError, match="dataset must be one of mnist, fashion, sprites, files"):
+        dataset("cifar")
+    with pytest.raises(InputError, match="dataset must be one of"):
+        TrainConfig(dataset="cifar")

@@ -12,6 +12,7 @@ import sys
 
 from .errors import AIRError
 from .files import atomic_write
+from .registry import SCENE_DATASETS, dataset
 
 
 # ----------------------------------------------------------------------------------------------- air data
@@ -81,7 +82,7 @@ def _add_data(sub) -> None:
         "triangles and circles of 10-20 px with random grey levels (labels: 0 square, 1 triangle, 2 circle).",
     )
     p.add_argument("out", metavar="OUT.npz", help="file to write the scenes to (written atomically)")
-    p.add_argument("--dataset", choices=("mnist", "fashion", "sprites"), default="mnist",
+    p.add_argument("--dataset", choices=SCENE_DATASETS, default="mnist",
                    help="what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites "
                    "(default: mnist)")
     p.add_argument("--split", choices=("train", "test"), default="train",
@@ -173,7 +174,7 @@ def _run_data(args) -> int:
                         captions=[str(int(c)) for c in scenes.counts[:k]])
     hist = np.bincount(scenes.counts, minlength=config.max_count + 1)
     counts = ", ".join(f"{c}: {hist[c]}" for c in config.counts)
-    what = {"mnist": "digits", "fashion": "items", "sprites": "shapes"}[args.dataset]
+    what = dataset(args.dataset).noun
     print(f"wrote {len(scenes)} {args.split} scenes to {out} ({what} per scene {counts}; {elapsed:.1f} s)"
           + (f"; preview {preview}" if preview else ""))
     return 0
@@ -243,7 +244,7 @@ def _add_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, help="write last.pt every N steps")
     g.add_argument("--log-every", type=int, default=t.log_every, help="log training metrics every N steps")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=("mnist", "fashion", "sprites"), default=None,
+    g.add_argument("--dataset", choices=SCENE_DATASETS, default=None,
                    help="generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites (default: "
                    "mnist; fashion and sprites bring their own --digit-size and --scale-prior-mean defaults)")
     g.add_argument("--data", default=None, metavar="PATH",
@@ -372,15 +373,15 @@ def _run_train(args) -> int:
 
 def _config_from_options(args):
     """A new run's configuration from the command line alone: the options given, the defaults for the rest."""
-    from .config import DATASET_DEFAULTS, ModelConfig, RunConfig, TrainConfig
+    from .config import ModelConfig, RunConfig, TrainConfig
 
     counts = _train_counts(args.counts)
-    dataset = "files" if args.data is not None else (args.dataset or "mnist")
+    name = "files" if args.data is not None else (args.dataset or "mnist")
     scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
-        DATASET_DEFAULTS[dataset]["scale_prior_mean"]
+        dataset(name).scale_prior_mean
     model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
                         window_size=args.window_size,
-                        dair=args.dair if args.dair is not None else DATASET_DEFAULTS[dataset]["dair"],
+                        dair=args.dair,
                         dair_memory=args.dair_memory,
                         z_pres_estimator=args.z_pres_estimator,
                         likelihood=args.likelihood, composition=args.composition,
@@ -399,7 +400,7 @@ def _config_from_options(args):
                             log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
                             digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
                             allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
-                            data_seed=args.data_seed, data_dir=args.data_dir, dataset=dataset,
+                            data_seed=args.data_seed, data_dir=args.data_dir, dataset=name,
                             data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
                             holdout=args.holdout, init_from=args.init_from)
     return RunConfig(model=model, train=train_cfg)
@@ -450,17 +451,19 @@ def _config_from_file(args):
     DAIR) hold resolved values in the file, so one equal to its data set's default is taken to be that default:
     after a new --dataset or --data it becomes the new data set's, and a typed --digit-size alone means one size,
     as on a fresh command line."""
-    from .config import DATASET_DEFAULTS, RunConfig
+    import dataclasses
+
+    from .config import RunConfig
 
     d = RunConfig.from_file(args.config).to_dict()
     model, train = d["model"], d["train"]
     typed = _typed_options(args.parser, args.argv) - _NOT_CONFIG
-    old = DATASET_DEFAULTS[train["dataset"]]
+    old = dataclasses.asdict(dataset(train["dataset"]))
     if "data" in typed:
         train["dataset"], train["data_path"] = "files", os.path.abspath(os.path.expanduser(args.data))
     elif "dataset" in typed:
         train["dataset"], train["data_path"] = args.dataset, None
-    new = DATASET_DEFAULTS[train["dataset"]]
+    new = dataclasses.asdict(dataset(train["dataset"]))
     if (train["digit_size"], train["max_digit_size"]) == (old["digit_size"], old["max_digit_size"]):
         train["digit_size"] = train["max_digit_size"] = None  # TrainConfig resolves them for the data set
     for name in ("scale_prior_mean", "dair"):

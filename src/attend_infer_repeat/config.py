@@ -18,27 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .registry import dataset as registered
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 COMPOSITIONS = ("sum", "max")
-#: What ``air train`` trains on: generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites, or
-#: the user's own image files/arrays (``data_path``).
-DATASETS = ("mnist", "fashion", "sprites", "files")
-#: Per generated data set, the defaults that differ from multi-MNIST's: the object size (Fashion-MNIST items
-#: fill their 28x28 frame, so two of them rarely fit side by side on 50x50 at full size: at 20 px 42% of random
-#: placements keep their ink apart, as many as for 22 px digits; sprites vary from 10 to 20 px); the zoom prior's
-#: mean (the window is 50/s px) stays 3, a 17 px window, as for digits: 20 px items have about the ink of 28 px
-#: digits, and s = 3 framed them better than s = 2.5, a window the size of their frame (held-out box recall 0.93
-#: vs 0.90, mean IoU 0.83 vs 0.76, count accuracy 99.5% vs 99.4%, seed 0); and, for sprites, Difference AIR: the plain
-#: model stacks all its steps on the same flat shape there (35% held-out count accuracy, seed 0), DAIR does not
-#: (benchmarks/results/datasets.json). The sizes are resolved by TrainConfig itself; the model entries
-#: (scale_prior_mean, dair) by ``air train``, since a ModelConfig built in Python is taken as given.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
-    "fashion": {"digit_size": 20, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
-    "sprites": {"digit_size": 10, "max_digit_size": 20, "scale_prior_mean": 3.0, "dair": True},
-    "files": {"digit_size": 28, "max_digit_size": None, "scale_prior_mean": 3.0, "dair": False},
-}
 Z_PRES_PRIORS = ("bernoulli", "geometric")
 COMPILE_CHOICES = ("auto", "on", "off")
 #: Upper bounds of the model's sizes, checked wherever a config is built (also from a checkpoint's saved
@@ -64,9 +47,9 @@ def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[
     """The object size (or size range) of ``dataset``'s scenes: the data set's default range when no size is
     given; a size given alone means that one size (unless a maximum is given too)."""
     if size is None:
-        size = DATASET_DEFAULTS[dataset]["digit_size"]
+        size = registered(dataset).digit_size
         if max_size is None:
-            max_size = DATASET_DEFAULTS[dataset]["max_digit_size"]
+            max_size = registered(dataset).max_digit_size
     return size, max_size
 
 
@@ -83,7 +66,9 @@ class ModelConfig:
     encoder_hidden: int = 200  # what-encoder MLP
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
-    dair: bool = False  # Difference AIR: each step sees the image minus the canvas drawn so far
+    # Difference AIR: each step sees the image minus the canvas drawn so far. None: the data set's default, which
+    # a RunConfig fills in (registry.py: DAIR for sprites); plain AIR for a model built on its own
+    dair: bool | None = None
     # DAIR only. True (the paper's): the LSTM carries its state and the previous step's latents from step to step.
     # False (ours): every step starts from the LSTM's initial state with no previous latents, so the whole step
     # (z_pres, z_where, z_what) is one function of the residual image, the same at every step: a model that has
@@ -191,7 +176,7 @@ class TrainConfig:
     log_every: int = 50  # progress bar refresh, in steps
     n_train: int = 60_000  # training scenes (MNIST train digits)
     n_test: int = 10_000  # held-out scenes (MNIST test digits)
-    digit_size: int | None = None  # object size in px; None: the data set's default (DATASET_DEFAULTS)
+    digit_size: int | None = None  # object size in px; None: the data set's default (registry.py)
     max_digit_size: int | None = None
     counts: tuple[int, ...] = (0, 1, 2)
     max_overlap: float = 0.0  # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
@@ -210,7 +195,7 @@ class TrainConfig:
         for name, most in TRAIN_LIMITS.items():
             value = getattr(self, name)
             _check(value is None or value <= most, f"{name} must be at most {most}, got {value}")
-        _check(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        registered(self.dataset)  # a known data set, or a clear error
         _check((self.dataset == "files") == (self.data_path is not None),
                "data_path (--data) is needed for, and only for, dataset 'files'")
         _check(0 < self.holdout < 1, f"holdout must lie strictly between 0 and 1, got {self.holdout!r}")
@@ -245,6 +230,10 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.dair is None:  # the data set's default, so a saved configuration always says which model
+            self.model = dataclasses.replace(self.model, dair=registered(self.train.dataset).dair)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

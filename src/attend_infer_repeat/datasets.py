@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, InputError
-from .scenes import DATASET_TITLES, NPZ_KEYS, SceneConfig, Scenes, load_or_make_scenes
+from .registry import dataset
+from .scenes import NPZ_KEYS, SceneConfig, Scenes, load_or_make_scenes
 
 
 def scene_config(cfg, split: str) -> SceneConfig:
@@ -103,8 +104,7 @@ def describe(cfg) -> str:
         return f"the user's images at {t.data_path} ({t.holdout:.0%} held out for evaluation)"
     size = f"{t.digit_size} px" if t.max_digit_size in (None, t.digit_size) else \
         f"{t.digit_size}-{t.max_digit_size} px"
-    what = {"mnist": "MNIST digits", "fashion": "Fashion-MNIST items",
-            "sprites": "squares, triangles and circles"}[t.dataset]
+    d = dataset(t.dataset)
     counts = ",".join(map(str, t.counts))
-    return (f"{DATASET_TITLES[t.dataset]}: {cfg.model.image_size}x{cfg.model.image_size} scenes of {counts} "
-            f"{what} ({size}), {t.n_train} for training, {t.n_test} held out")
+    return (f"{d.title}: {cfg.model.image_size}x{cfg.model.image_size} scenes of {counts} "
+            f"{d.objects} ({size}), {t.n_train} for training, {t.n_test} held out")

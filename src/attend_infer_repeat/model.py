@@ -23,6 +23,7 @@ Read it in three parts, each in one place:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,7 +131,10 @@ class InferenceResult:
 class AIR(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
-        self.config = cfg = config or ModelConfig()
+        cfg = config or ModelConfig()
+        if cfg.dair is None:  # no data set to take a default from: the paper's plain AIR
+            cfg = dataclasses.replace(cfg, dair=False)
+        self.config = cfg
         n_pixels = cfg.image_size ** 2
         latent_dim = 3 + cfg.z_what_dim + 1  # the previous step's z_where, z_what, z_pres
         # guide q(z | x)

@@ -46,6 +46,7 @@ from PIL import Image
 
 from .errors import DataError, InputError
 from .mnist import SPLITS, atomic_write, default_cache_dir, load_items
+from .registry import scene_dataset
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ GENERATOR_VERSION = 1
 #: Keys of a saved scene file. ``images``, ``counts`` and ``boxes`` are read by an external scorer as-is.
 NPZ_KEYS = ("images", "counts", "boxes", "ink_boxes", "labels", "config", "split")
 
-#: The scene data sets: what the objects are.
-DATASETS = ("mnist", "fashion", "sprites")
-#: How each data set is called in messages and reports.
-DATASET_TITLES = {"mnist": "multi-MNIST", "fashion": "Multi-Fashion-MNIST", "sprites": "procedural sprites"}
 
 #: Rejection sampling bound: rounds of redrawing the positions of the scenes whose digits overlap.
 MAX_ROUNDS = 10_000
@@ -132,8 +129,7 @@ class SceneConfig:
     dataset: str = "mnist"  # what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise InputError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        scene_dataset(self.dataset)  # one the package draws, or a clear error
         for name in ("canvas_size", "digit_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
@@ -556,11 +552,12 @@ def make_scenes(
     if not _is_int(n) or n < 0:
         raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
     check_scene_budget(n, config)  # before loading (or downloading) anything
-    if config.dataset == "sprites":
+    items = scene_dataset(config.dataset).items
+    if items is None:  # drawn, not cut from an image set
         from .sprites import generate_sprites
 
         return generate_sprites(n, config, split=split)
-    digits, labels = load_items(config.dataset, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
+    digits, labels = load_items(items, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
     return generate_scenes(digits, labels, n, config, split=split)
 
 

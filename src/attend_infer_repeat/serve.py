@@ -238,7 +238,8 @@ class Service:
             return self._scenes
 
     def _load_scenes(self) -> SceneBank:
-        from .scenes import SceneConfig, Scenes, generate_scenes
+        from .registry import scene_dataset
+        from .scenes import SceneConfig, Scenes, generate_scenes, make_scenes
 
         size = self.size
         if self.scenes_path is not None:
@@ -256,16 +257,14 @@ class Service:
             config = dataclasses.replace(scene_config(rc, "test"), seed=0)
         else:  # no run configuration, or a run on the user's own (uncounted) images: multi-MNIST
             config = SceneConfig(canvas_size=size, seed=0)
-        if config.dataset == "sprites":
-            from .sprites import generate_sprites
-
-            s = generate_sprites(N_SCENES, config, split="test")
-            return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} sprite scenes")
-        title = "Fashion-MNIST test items" if config.dataset == "fashion" else "MNIST test digits"
+        d = scene_dataset(config.dataset)
+        if d.items is None:  # drawn: nothing to read
+            s = make_scenes("test", N_SCENES, config)
+            return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} {d.title} scenes")
         # reads only, writes nothing
-        items, labels = load_items(config.dataset, "test", download=False, write_cache=False)
+        items, labels = load_items(d.items, "test", download=False, write_cache=False)
         s = generate_scenes(items, labels, N_SCENES, config, split="test")
-        return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} scenes built from {title}")
+        return SceneBank(s.images, s.counts, s.boxes, f"{N_SCENES} scenes built from {d.source} test {d.noun}")
 
     # ------------------------------------------------------------------------------------------ transform
     def transform(self, x: torch.Tensor, scale: float, shift_x: float, shift_y: float) -> dict:
