@@ -4,7 +4,13 @@ IoU of ``--max-overlap``), and score both models on the sets of ``robustness.py`
 from the start falls into the split-object trap (every large digit counted twice), which is why the probe starts
 from a model that already counts.
 
-usage: python benchmarks/robustness_curriculum.py --seeds 0,1 [--steps 3000,3000] [--max-overlap 0.3] --out FILE
+The second phase is what ``air train --init-from RUN/last.pt --restarts 0 --digit-size 18 --max-digit-size 32
+--max-overlap 0.3`` does; ``--phase2-model`` changes its model options (e.g. '{"composition": "max"}': objects
+overlap as ink does; '{"scale_prior_std": 0.5}') and ``--phase2-data`` its scenes (e.g. '{"digit_size": 28,
+"max_digit_size": null}': overlap only). A phase-1 run already in ``--runs`` is reused.
+
+usage: python benchmarks/robustness_curriculum.py --seeds 0,1 [--steps 3000,3000] [--max-overlap 0.3]
+       [--phase2-model JSON] [--phase2-data JSON] [--tag NAME] --out FILE
 (each seed is one single-thread process; two seeds run side by side)
 """
 from __future__ import annotations
@@ -19,7 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n: int) -> dict:
+def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n: int, model_options: dict,
+             data_options: dict, tag: str) -> dict:
+    import dataclasses
+
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -33,17 +42,19 @@ def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n
     run = Path(root) / f"seed{seed}"
     t0 = time.time()
     first = RunConfig(train=TrainConfig(steps=steps[0], seed=seed, threads=1))
-    Trainer(first, run / "paper_scenes", progress=False, tensorboard=False).fit()
-    # the second phase's own trap check would restart it from new weights, which is not the probe
-    then = RunConfig(train=TrainConfig(steps=steps[1], seed=seed, threads=1, restarts=0, digit_size=18,
-                                       max_digit_size=32, max_overlap=max_overlap))
-    trainer = Trainer(then, run / "varied_scenes", progress=False, tensorboard=False)
-    trainer.model.load_state_dict(AIR.load(run / "paper_scenes" / "last.pt").state_dict())
-    trainer.fit()
+    if not (run / "paper_scenes" / "last.pt").exists():
+        Trainer(first, run / "paper_scenes", progress=False, tensorboard=False).fit()
+    # the second phase goes on from the first one's weights (air train --init-from, which never restarts)
+    data = {"digit_size": 18, "max_digit_size": 32, "max_overlap": max_overlap, **data_options}
+    then = RunConfig(model=dataclasses.replace(first.model, **model_options),
+                     train=TrainConfig(steps=steps[1], seed=seed, threads=1,
+                                       init_from=str(run / "paper_scenes" / "last.pt"), **data))
+    second = f"varied_scenes{'-' + tag if tag else ''}"
+    Trainer(then, run / second, progress=False, tensorboard=False).fit()
     minutes = (time.time() - t0) / 60
     sets = scene_sets(n)
     out = {"seed": seed, "minutes": round(minutes, 2)}
-    for phase in ("paper_scenes", "varied_scenes"):
+    for phase in ("paper_scenes", second):
         out[phase] = {k: v["count_acc"] for k, v in score(AIR.load(run / phase / "last.pt"), sets).items()}
     return out
 
@@ -56,18 +67,23 @@ def main() -> None:
     p.add_argument("--steps", default="3000,3000", help="steps on the paper's scenes, then on the varied ones")
     p.add_argument("--max-overlap", type=float, default=0.3)
     p.add_argument("--n", type=int, default=2000, help="scenes per robustness set")
+    p.add_argument("--phase2-model", default="{}", help="model options of the second phase, as JSON")
+    p.add_argument("--phase2-data", default="{}", help="scene options of the second phase, as JSON")
+    p.add_argument("--tag", default="", help="names the second phase's run directory")
     p.add_argument("--runs", default="runs/robustness_curriculum")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     steps = tuple(int(s) for s in a.steps.split(","))
     with multiprocessing.get_context("spawn").Pool(min(2, len(seeds))) as pool:
-        results = pool.starmap(one_seed, [(s, steps, a.max_overlap, a.runs, a.n) for s in seeds])
+        results = pool.starmap(one_seed, [(s, steps, a.max_overlap, a.runs, a.n, json.loads(a.phase2_model),
+                                           json.loads(a.phase2_data), a.tag) for s in seeds])
     out = {"benchmark": "robustness_curriculum", **record(), "precision": "auto", "compile": "auto",
-           "steps": list(steps), "max_overlap": a.max_overlap, "scenes_per_set": a.n, "seeds": results}
+           "steps": list(steps), "max_overlap": a.max_overlap, "phase2_model": json.loads(a.phase2_model),
+           "phase2_data": json.loads(a.phase2_data), "scenes_per_set": a.n, "seeds": results}
     Path(a.out).write_text(json.dumps(out, indent=2))
     for r in results:
-        print(r["seed"], {k: round(v, 4) for k, v in r["varied_scenes"].items()})
+        print(r["seed"], {k: round(v, 4) for k, v in r[[k for k in r if k.startswith("varied_scenes")][0]].items()})
 
 
 if __name__ == "__main__":
