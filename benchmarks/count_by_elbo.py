@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 @torch.no_grad()
 def count_scores(model, x: torch.Tensor) -> torch.Tensor:
     """(B, N + 1): the ELBO term of each count n = 0..N for the guide's deterministic latents."""
-    from attend_infer_repeat.objective import count_log_probs, kl_normal
+    from attend_infer_repeat.model.objective import count_log_probs, kl_normal
 
     cfg = model.config
     q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))

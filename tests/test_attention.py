@@ -1,6 +1,6 @@
 import torch
 
-from attend_infer_repeat import attention
+from attend_infer_repeat.model import attention
 
 
 def digit_like(size=28):

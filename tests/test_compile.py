@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from test_train import params, tiny_data, tiny_run
 
-from attend_infer_repeat import AIRError, InputError, attention
+from attend_infer_repeat import AIRError, InputError
 from attend_infer_repeat.config import TrainConfig
+from attend_infer_repeat.model import attention
 from attend_infer_repeat.train import Trainer, cxx_compiler_found
 
 needs_compiler = pytest.mark.skipif(not cxx_compiler_found(), reason="TorchInductor needs a C++ compiler")

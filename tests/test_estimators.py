@@ -12,7 +12,7 @@ from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.model import GuideOutput
-from attend_infer_repeat.objective import count_log_probs
+from attend_infer_repeat.model.objective import count_log_probs
 
 from conftest import blob_images
 

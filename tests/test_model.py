@@ -6,7 +6,7 @@ from attend_infer_repeat import AIR
 from attend_infer_repeat.config import ModelConfig
 from attend_infer_repeat.errors import InputError
 from attend_infer_repeat.model import GuideOutput
-from attend_infer_repeat.objective import count_log_probs
+from attend_infer_repeat.model.objective import count_log_probs
 
 from conftest import blob_images
 

@@ -3,7 +3,7 @@ import math
 import torch
 
 from attend_infer_repeat.config import ModelConfig
-from attend_infer_repeat.objective import (
+from attend_infer_repeat.model.objective import (
     count_log_prior,
     geometric_success,
     kl_bernoulli,

@@ -21,10 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from attend_infer_repeat import attention
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.images import prepare
-from attend_infer_repeat.model import AIR
+from attend_infer_repeat.model import AIR, attention
 from attend_infer_repeat.serve import MAX_BODY_BYTES, Server, Service, bind
 
 from conftest import browser_page, needs_browser, untrained_checkpoint

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.config import RunConfig, TrainConfig
-from attend_infer_repeat.networks import ImageLSTM
+from attend_infer_repeat.model.networks import ImageLSTM
 from attend_infer_repeat.train import make_optimizer
 
 from conftest import blob_images

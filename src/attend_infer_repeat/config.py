@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .model.config import (  # noqa: F401 - ModelConfig and its constants are part of this module's API
+    COMPOSITIONS,
+    LIKELIHOODS,
+    MAX_PARAMETERS,
+    MODEL_LIMITS,
+    Z_PRES_ESTIMATORS,
+    Z_PRES_PRIORS,
+    ModelConfig,
+    _check,
+    _check_types,
+    approximate_parameters,
+)
 from .registry import dataset as registered
 
-LIKELIHOODS = ("gaussian", "bernoulli")
-COMPOSITIONS = ("sum", "max")
-Z_PRES_PRIORS = ("bernoulli", "geometric")
 COMPILE_CHOICES = ("auto", "on", "off")
-#: Upper bounds of the model's sizes, checked wherever a config is built (also from a checkpoint's saved
-#: config): far beyond any AIR in the literature, and small enough that building the model cannot allocate until
-#: memory runs out.
-MODEL_LIMITS = {"image_size": 1024, "max_steps": 64, "window_size": 256, "z_what_dim": 4096, "lstm_hidden": 8192,
-                "encoder_hidden": 8192, "decoder_hidden": 8192, "predict_hidden": 8192}
-#: The most parameters a config may ask for (the default model has about 3 million).
-MAX_PARAMETERS = 200_000_000
 #: Upper bounds of the training config's sizes (a typo such as an extra digit gets a clear error, not hours).
 TRAIN_LIMITS = {"steps": 10**9, "batch_size": 65_536, "n_train": 10**8, "n_test": 10**8, "eval_size": 10**8,
                 "restarts": 100, "threads": 4096}
@@ -40,7 +41,6 @@ def compile_default() -> str:
     """The default of ``TrainConfig.compile``: the environment variable AIR_COMPILE (any case), else auto. A bad
     value is reported where a training config is built, not where the package is imported."""
     return os.environ.get("AIR_COMPILE", "auto").strip().lower() or "auto"
-Z_PRES_ESTIMATORS = ("enumerate", "nvil")
 
 
 def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[int, int | None]:
@@ -51,94 +51,6 @@ def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[
         if max_size is None:
             max_size = registered(dataset).max_digit_size
     return size, max_size
-
-
-@dataclass
-class ModelConfig:
-    """The AIR model: sizes, priors and likelihood (defaults: the paper's multi-MNIST model, with the
-    sizes and priors of the Pyro example that public re-implementations confirmed)."""
-
-    image_size: int = 50  # H = W of the input images
-    max_steps: int = 3  # N: the most objects one image can be explained with
-    window_size: int = 28  # the glimpse (attention window) is window_size x window_size pixels
-    z_what_dim: int = 50
-    lstm_hidden: int = 256
-    encoder_hidden: int = 200  # what-encoder MLP
-    decoder_hidden: int = 200  # what-decoder MLP
-    predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
-    # Difference AIR: each step sees the image minus the canvas drawn so far. None: the data set's default, which
-    # a RunConfig fills in (registry.py: DAIR for sprites); plain AIR for a model built on its own
-    dair: bool | None = None
-    # DAIR only. True (the paper's): the LSTM carries its state and the previous step's latents from step to step.
-    # False (ours): every step starts from the LSTM's initial state with no previous latents, so the whole step
-    # (z_pres, z_where, z_what) is one function of the residual image, the same at every step: a model that has
-    # learned to find one object and to stop on an empty residual counts any number of them
-    dair_memory: bool = True
-    # How training treats the discrete z_pres: "enumerate" sums the ELBO over the N + 1 possible counts exactly
-    # (AIR.enumerated_objective: an exact gradient for the presence probabilities, no baseline); "nvil" samples
-    # z_pres and uses the score function with the NVIL baseline, as the paper does
-    z_pres_estimator: str = "enumerate"
-    # Likelihood p(x | z)
-    likelihood: str = "gaussian"
-    likelihood_sigma: float = 0.3
-    # How the objects make the canvas. "sum" (the paper's): the canvas is the sum of the objects, so where two
-    # objects' ink crosses it is counted twice. "max" (ours): each pixel is the brightest object's, which is how
-    # ink on paper (and our generated scenes) overlaps; two crossing digits then cost no more than two apart
-    composition: str = "sum"
-    # Priors of the generative model
-    z_pres_prior: str = "bernoulli"  # "bernoulli": fixed p per step; "geometric": truncated geometric on the count
-    z_pres_prior_p: float = 0.01  # the Bernoulli prior's p (Pyro tutorial), or the geometric prior's final value
-    z_pres_anneal_start: float = 0.99  # geometric prior: success probability at step 0 ...
-    z_pres_anneal_steps: int = 100_000  # ... annealed (log-linearly) to z_pres_prior_p over this many steps
-    scale_prior_mean: float = 3.0  # zoom s ~ N(mean, std); 50/3 = 17 px windows
-    scale_prior_std: float = 0.2
-    shift_prior_mean: float = 0.0  # window centre (x, y) ~ N(mean, std) in normalised coordinates
-    shift_prior_std: float = 1.0
-    # Initialisation that keeps training out of the known bad optima
-    decoder_output_bias: float = -2.0  # objects start nearly empty, else counts collapse to 0
-    z_pres_init_logit: float = 2.0  # the guide starts by proposing objects (p = 0.88)
-    z_where_init_std: float = 0.1  # small initial z_where posterior std
-    min_zoom: float = 0.1  # numerical floor for |s| inside the transforms (a 10x-image window): no 1/0
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        for name, most in MODEL_LIMITS.items():
-            _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
-        _check(self.image_size >= 4, "image_size must be at least 4")
-        _check(self.max_steps >= 1, "max_steps must be at least 1")
-        _check(self.window_size >= 4, "window_size must be at least 4")
-        for name in ("z_what_dim", "lstm_hidden", "encoder_hidden", "decoder_hidden", "predict_hidden"):
-            _check(getattr(self, name) >= 1, f"{name} must be a positive integer")
-        _check(self.dair or self.dair_memory, "dair_memory False needs dair (Difference AIR): plain AIR's steps "
-               "all see the same image, so without memory they would all find the same object")
-        _check(self.z_pres_estimator in Z_PRES_ESTIMATORS,
-               f"z_pres_estimator must be one of {Z_PRES_ESTIMATORS}, got {self.z_pres_estimator!r}")
-        _check(self.composition in COMPOSITIONS,
-               f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
-        _check(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        _check(self.likelihood_sigma > 0, "likelihood_sigma must be positive")
-        _check(self.z_pres_prior in Z_PRES_PRIORS,
-               f"z_pres_prior must be one of {Z_PRES_PRIORS}, got {self.z_pres_prior!r}")
-        _check(0 < self.z_pres_prior_p < 1, "z_pres_prior_p must be strictly between 0 and 1")
-        _check(0 < self.z_pres_anneal_start < 1, "z_pres_anneal_start must be strictly between 0 and 1")
-        _check(self.z_pres_anneal_steps >= 0, "z_pres_anneal_steps must be >= 0")
-        _check(self.scale_prior_std > 0 and self.shift_prior_std > 0, "prior standard deviations must be positive")
-        _check(self.z_where_init_std > 0, "z_where_init_std must be positive")
-        _check(self.min_zoom > 0, "min_zoom must be positive")
-        n = approximate_parameters(self)
-        _check(n <= MAX_PARAMETERS, f"this model would have about {n / 1e6:.0f} million parameters, more than the "
-               f"{MAX_PARAMETERS // 1_000_000} million allowed; use a smaller image_size, window_size or hidden sizes")
-
-
-def approximate_parameters(m: ModelConfig) -> int:
-    """The number of weights ``AIR(m)`` will have, to within a few percent, computed without building it."""
-    image, window, latent = m.image_size ** 2, m.window_size ** 2, 3 + m.z_what_dim + 1
-    lstm = (image + 1) * 4 * m.lstm_hidden + (latent + m.lstm_hidden) * 4 * m.lstm_hidden
-    predict = (m.lstm_hidden + 1) * m.predict_hidden + (m.predict_hidden + 1) * 7
-    encoder = (window + 1) * m.encoder_hidden + (m.encoder_hidden + 1) * 2 * m.z_what_dim
-    decoder = (m.z_what_dim + 1) * m.decoder_hidden + (m.decoder_hidden + 1) * window
-    baseline = lstm + (m.lstm_hidden + 1) * m.predict_hidden if m.z_pres_estimator == "nvil" else 0
-    return lstm + predict + encoder + decoder + baseline
 
 
 @dataclass
@@ -300,38 +212,3 @@ def config_from_dict(cls, d: dict[str, Any]):
     if unknown:
         raise InputError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
     return cls(**d)
-
-
-def _check_types(config) -> None:
-    """Refuse a field whose value is not of its annotated type (a float where an int belongs, a string, NaN or
-    infinity): configs also come from JSON files and checkpoints, where nothing else checks them."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        if value is None and "None" in kinds:
-            continue
-        if any(_is_kind(value, k) for k in kinds):
-            continue
-        raise InputError(f"{type(config).__name__}.{f.name} must be {' or '.join(kinds)}"
-                         f"{' (finite)' if 'float' in kinds else ''}, got {value!r}")
-
-
-def _is_kind(value, kind: str) -> bool:
-    if kind == "None":  # None itself is accepted before; any other value is not of this kind
-        return False
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind.startswith("tuple[int"):
-        return isinstance(value, (tuple, list)) and all(_is_kind(v, "int") for v in value)
-    raise TypeError(f"no type check for annotation {kind!r}")  # a new field type: teach _is_kind about it
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(message)

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import load_run  # noqa: F401  (part of this module's API: air eval, report)
 from .errors import InputError
 from .model import AIR, eval_mode
-from .objective import bernoulli_log_prob, previous_present
+from .model.objective import bernoulli_log_prob, previous_present
 from .scenes import real_box_rows
 
 
@@ -225,7 +225,7 @@ def _as_eval_data(data) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | N
         boxes = np.asarray(data[2], dtype=np.float64) if len(data) > 2 and data[2] is not None else None
     else:
         images = data
-    from .inputs import as_image_batch
+    from .model.inputs import as_image_batch
     if isinstance(images, torch.Tensor) or isinstance(images, np.ndarray):
         size = images.shape[-1] if images.ndim >= 2 else 0
         x = as_image_batch(images, size)

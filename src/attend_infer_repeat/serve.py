@@ -58,9 +58,9 @@ from urllib.parse import unquote
 import numpy as np
 import torch
 
-from . import attention
 from .errors import AIRError, DataError, InputError
 from .images import FORMAT_NAMES, IMAGE_FORMATS
+from .model import attention
 
 log = logging.getLogger(__name__)
 

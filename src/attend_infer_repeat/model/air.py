@@ -213,7 +213,7 @@ class AIR(nn.Module):
             counts = torch.multinomial(log_p.exp(), n, replacement=True, generator=generator).to(dev)
         else:
             if not 0 <= num_objects <= cfg.max_steps:
-                from .errors import InputError
+                from ..errors import InputError
                 raise InputError(f"num_objects must be between 0 and max_steps={cfg.max_steps}, got {num_objects}")
             counts = torch.full((n,), num_objects, device=dev)
         z_pres = (torch.arange(cfg.max_steps, device=dev)[None] < counts[:, None]).float()
@@ -458,5 +458,5 @@ class AIR(nn.Module):
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "AIR":
         """Load a model from any checkpoint ``air train`` wrote (loaded safely, without running code)."""
-        from .checkpoint import load_model
+        from ..checkpoint import load_model  # reading files is the package's job, not the model's
         return load_model(path, device=device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 _HOW = "pass a float tensor/array (B, 1, H, W) or (B, H, W) with values in [0, 1], or uint8 values in 0..255"
 
