@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError, InputError
+from .layout import any_overlap, draw_positions, ink_box_in_patch, split_key
 from .mnist import SPLITS, atomic_write, default_cache_dir, load_items
 from .registry import scene_dataset
 
@@ -343,11 +343,6 @@ class Scenes:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _split_key(split: str) -> int:
-    """A stable integer mixed into the seed so train and test scenes of one config get different layouts."""
-    return zlib.crc32(split.encode("utf-8"))
-
-
 @functools.lru_cache(maxsize=None)
 def _resize_matrix(src: int, dst: int) -> np.ndarray:
     """(dst, src) float32 matrix ``R`` with ``R @ v`` = ``v`` resized from ``src`` to ``dst`` samples by Pillow's
@@ -369,17 +364,6 @@ def _resize(patches: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _ink_rel(patches: np.ndarray) -> np.ndarray:
-    """Tight ink boxes (B,4) int64 of (B,s,s) patches relative to the patch, exclusive max; -1 if no ink."""
-    b, s = len(patches), patches.shape[1]
-    rows, cols = patches.any(axis=2), patches.any(axis=1)  # (B,s) each: ink in row y / column x
-    has = rows.any(axis=1)
-    box = np.stack([cols.argmax(1), rows.argmax(1), s - cols[:, ::-1].argmax(1), s - rows[:, ::-1].argmax(1)], 1)
-    box = box.astype(np.int64)
-    box[~has] = -1
-    return box.reshape(b, 4)
-
-
 def _slot_patches(digits: np.ndarray, idx: np.ndarray, sizes: np.ndarray, active: np.ndarray):
     """Yield ``(rows, slot, size, patches)`` for every slot and distinct size among the active slots: the
     loop the generator keeps in Python (slots x sizes), everything inside is vectorised over scenes."""
@@ -394,24 +378,8 @@ def _ink_boxes_rel(digits, idx, sizes, active) -> np.ndarray:
     """(B,K,4) ink boxes relative to each slot's frame (-1 for inactive slots and inkless digits)."""
     rel = np.full(idx.shape + (4,), -1, np.int64)
     for rows, j, _, patches in _slot_patches(digits, idx, sizes, active):
-        rel[rows, j] = _ink_rel(patches)
+        rel[rows, j] = ink_box_in_patch(patches)
     return rel
-
-
-def _overlapping(ink: np.ndarray, has_ink: np.ndarray, max_iou: float = 0.0) -> np.ndarray:
-    """(B,) bool: whether any two inked slots of a scene have ink boxes (B,K,4, exclusive max) whose IoU exceeds
-    ``max_iou`` (with 0: whose boxes intersect; boxes that merely touch do not overlap)."""
-    bad = np.zeros(len(ink), bool)
-    k = ink.shape[1]
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    for j in range(k):
-        for m in range(j + 1, k):
-            a, b = ink[:, j], ink[:, m]
-            iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-            ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-            bad |= has_ink[:, j] & has_ink[:, m] & (inter > max_iou * (area(a) + area(b) - inter))
-    return bad
 
 
 def _draw_digits(rng: np.random.Generator, shape: tuple[int, ...], n_digits: int, config: SceneConfig):
@@ -421,20 +389,14 @@ def _draw_digits(rng: np.random.Generator, shape: tuple[int, ...], n_digits: int
     return idx, sizes
 
 
-def _draw_positions(rng: np.random.Generator, sizes: np.ndarray, canvas: int) -> np.ndarray:
-    """(…,2) top-left corners (x, y), uniform over the positions that keep each frame inside the canvas."""
-    high = canvas - sizes + 1
-    return np.stack([rng.integers(0, high), rng.integers(0, high)], axis=-1)
-
-
 def _placement_acceptance(digits, config: SceneConfig, k: int, rng: np.random.Generator) -> float:
     """Fraction of random placements of ``k`` random digits whose ink boxes are pairwise disjoint."""
     idx, sizes = _draw_digits(rng, (PILOT_SCENES, k), len(digits), config)
     active = np.ones((PILOT_SCENES, k), bool)
     rel = _ink_boxes_rel(digits, idx, sizes, active)
-    pos = _draw_positions(rng, sizes, config.canvas_size)
+    pos = draw_positions(rng, sizes, config.canvas_size)
     ink = rel + np.concatenate([pos, pos], axis=-1)
-    return float(1.0 - _overlapping(ink, rel[..., 0] >= 0, config.max_overlap).mean())
+    return float(1.0 - any_overlap(ink, rel[..., 0] >= 0, config.max_overlap).mean())
 
 
 def _check_inputs(digits: Any, labels: Any, n: Any) -> tuple[np.ndarray, np.ndarray, int]:
@@ -475,7 +437,7 @@ def generate_scenes(
     if n > 0 and k > 0 and len(digits) == 0:
         raise InputError("no digits to draw from")
 
-    key = _split_key(split)
+    key = split_key(split)
     if not config.allow_overlap and n > 0:
         pilot_rng = np.random.default_rng([config.seed, key, 1])  # own stream: the scenes don't depend on it
         for c in sorted(x for x in config.counts if x >= 2):
@@ -493,20 +455,20 @@ def generate_scenes(
     counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
     active = np.arange(k)[None, :] < counts[:, None]
     idx, sizes = _draw_digits(rng, (n, k), len(digits), config)
-    pos = _draw_positions(rng, sizes, canvas)
+    pos = draw_positions(rng, sizes, canvas)
 
     rel = _ink_boxes_rel(digits, idx, sizes, active)
     if not config.allow_overlap and k >= 2:
         todo = np.flatnonzero(counts >= 2)
         for round_ in range(1, MAX_ROUNDS + 1):
             ink = rel[todo] + np.concatenate([pos[todo], pos[todo]], axis=-1)
-            todo = todo[_overlapping(ink, rel[todo, :, 0] >= 0, config.max_overlap)]
+            todo = todo[any_overlap(ink, rel[todo, :, 0] >= 0, config.max_overlap)]
             if len(todo) == 0:
                 break
             if round_ % ROUNDS_PER_DIGIT_DRAW == 0:  # hopeless digit combinations: draw other digits
                 idx[todo], sizes[todo] = _draw_digits(rng, (len(todo), k), len(digits), config)
                 rel[todo] = _ink_boxes_rel(digits, idx[todo], sizes[todo], active[todo])
-            pos[todo] = _draw_positions(rng, sizes[todo], canvas)
+            pos[todo] = draw_positions(rng, sizes[todo], canvas)
         else:
             raise InputError(
                 f"{len(todo)} of {n} scenes could not be placed without overlapping digits in {MAX_ROUNDS} "

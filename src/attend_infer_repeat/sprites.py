@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .layout import any_overlap, draw_positions, ink_box_in_patch, split_key
 
 #: The shape classes, by label.
 SHAPES = ("square", "triangle", "circle")
@@ -49,7 +50,7 @@ def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray
 def generate_sprites(n: int, config, split: str = "train"):
     """``n`` sprite scenes drawn with ``config`` (a :class:`~.scenes.SceneConfig`; its ``digit_size`` ..
     ``max_digit_size`` are the shape sizes) as a :class:`~.scenes.Scenes`."""
-    from .scenes import SceneConfig, Scenes, _draw_positions, _ink_rel, _overlapping, _split_key, check_scene_budget
+    from .scenes import SceneConfig, Scenes, check_scene_budget
 
     if not isinstance(config, SceneConfig):
         raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
@@ -57,22 +58,22 @@ def generate_sprites(n: int, config, split: str = "train"):
         raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
     check_scene_budget(int(n), config)
     n, k, canvas = int(n), config.max_count, config.canvas_size
-    rng = np.random.default_rng([config.seed, _split_key(split), 2])
+    rng = np.random.default_rng([config.seed, split_key(split), 2])
     counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
     active = np.arange(k)[None, :] < counts[:, None]
     kind = rng.integers(0, len(SHAPES), size=(n, k))
     sizes = rng.integers(config.sizes.start, config.sizes.stop, size=(n, k))
     level = np.rint(255 * rng.uniform(*INTENSITY, size=(n, k))).astype(np.uint8)
 
-    pos = _draw_positions(rng, sizes, canvas)
+    pos = draw_positions(rng, sizes, canvas)
     if not config.allow_overlap and k >= 2:
         todo = np.flatnonzero(counts >= 2)
         for _ in range(MAX_ROUNDS):
             frames = np.concatenate([pos[todo], pos[todo] + sizes[todo, :, None]], axis=-1)
-            todo = todo[_overlapping(frames, active[todo])]
+            todo = todo[any_overlap(frames, active[todo])]
             if len(todo) == 0:
                 break
-            pos[todo] = _draw_positions(rng, sizes[todo], canvas)
+            pos[todo] = draw_positions(rng, sizes[todo], canvas)
         else:
             raise InputError(f"{len(todo)} of {n} sprite scenes could not be placed without overlapping shapes "
                              f"in {MAX_ROUNDS} rounds; use smaller shapes, fewer of them or allow_overlap=True")
@@ -87,7 +88,7 @@ def generate_sprites(n: int, config, split: str = "train"):
                 continue
             m = shape_masks(kind[on, j], pos[on, j, 0], pos[on, j, 1], sizes[on, j], canvas)
             images[on] = np.maximum(images[on], np.where(m, level[on, j, None, None], np.uint8(0)))
-            ink[on, j] = _ink_rel(m)  # the tight box of the shape's pixels on the canvas
+            ink[on, j] = ink_box_in_patch(m)  # the tight box of the shape's pixels on the canvas
     frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).astype(np.float32)
     pad = ~active[..., None]
     return Scenes(images=images, counts=counts.astype(np.int64), boxes=np.where(pad, np.float32(-1), frames),
