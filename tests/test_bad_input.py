@@ -14,8 +14,9 @@ from attend_infer_repeat.cli import main
 from attend_infer_repeat.config import MAX_PARAMETERS, ModelConfig, RunConfig, TrainConfig, approximate_parameters
 from attend_infer_repeat.errors import CheckpointError, InputError, OutputError
 from attend_infer_repeat.files import atomic_write, ensure_writable
+from attend_infer_repeat.runlog import MetricsLog
+from attend_infer_repeat.runtime import pick_device
 from attend_infer_repeat.scenes import MAX_SCENE_BYTES, SceneConfig, check_scene_budget, make_scenes
-from attend_infer_repeat.train import MetricsLog, pick_device
 
 TINY = ["--n-train", "96", "--n-test", "32", "--batch-size", "16", "--lstm-hidden", "16", "--z-what-dim", "4",
         "--eval-every", "2", "--eval-size", "32", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]

@@ -14,7 +14,8 @@ from test_train import params, tiny_data, tiny_run
 from attend_infer_repeat import AIRError, InputError
 from attend_infer_repeat.config import TrainConfig
 from attend_infer_repeat.model import attention
-from attend_infer_repeat.train import Trainer, cxx_compiler_found
+from attend_infer_repeat.runtime import cxx_compiler_found
+from attend_infer_repeat.train import Trainer
 
 needs_compiler = pytest.mark.skipif(not cxx_compiler_found(), reason="TorchInductor needs a C++ compiler")
 

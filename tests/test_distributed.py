@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 from attend_infer_repeat.checkpoint import load_checkpoint
 from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
-from attend_infer_repeat.train import Data, Trainer, rank_seed
+from attend_infer_repeat.runtime import rank_seed
+from attend_infer_repeat.train import Data, Trainer
 
 from conftest import blob_images
 

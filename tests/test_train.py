@@ -414,7 +414,7 @@ def test_no_restart_after_the_first_quarter_of_the_budget(tiny_config, tmp_path)
 def test_progress_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():
     import io
 
-    from attend_infer_repeat.train import Progress
+    from attend_infer_repeat.runlog import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -82,7 +82,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     p = resolve_checkpoint(path)
     state = load_checkpoint(p)
     config = saved_config(state, p)
-    from .train import pick_device
+    from .runtime import pick_device
 
     device = pick_device(device) if isinstance(device, str) else device
     model = AIR(config.model)

@@ -102,18 +102,11 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, progress: bool, extra_eval=No
     if _finished(run_dir, cfg):
         return AIR.load(run_dir / "last.pt"), json.loads((run_dir / "summary.json").read_text()), True
 
-    class _Trainer(Trainer):
-        def evaluate(self, n=None):
-            out = super().evaluate(n)
-            if extra_eval is not None and n is not None:  # the periodic evaluations, not the final one
-                extra_eval(self.model, self.step)
-            return out
-
     # a run of another configuration (or an unfinished one) in the way is replaced: the experiment owns its
     # run folders, and the trainer refuses to start afresh over a run's files
     for stale in ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "unseen_count_curve.json"):
         (run_dir / stale).unlink(missing_ok=True)
-    trainer = _Trainer(cfg, run_dir, progress=progress, tensorboard=False)
+    trainer = Trainer(cfg, run_dir, progress=progress, tensorboard=False, on_eval=extra_eval)
     summary = trainer.fit()
     if summary.get("interrupted"):
         raise KeyboardInterrupt

@@ -36,7 +36,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     import torch
 
-    from .train import native_bf16
+    from .runtime import native_bf16
 
     bf16 = native_bf16(torch.device("cpu"))
     return {"git_commit": git_commit(), "cpu": cpu_model(), "cpus": os.cpu_count(), "native_bf16": bf16,
