@@ -8,7 +8,8 @@ Read it in three parts, each in one place:
    the inverse spatial transform puts it on the canvas, the canvas is the sum of the present objects (or, with
    ``composition="max"``, their pixel-wise maximum: :meth:`AIR.overlay`), and
    x ~ N(canvas, sigma^2) (or Bernoulli).
-2. **Guide** q(z | x) (:meth:`AIR.guide`): an LSTM looks at the image (DAIR: at the image minus the canvas
+2. **Guide** q(z | x) (:meth:`AIR.guide`, one :meth:`AIR.guide_step` per object and the NVIL
+   :meth:`AIR.baseline_step` beside it): an LSTM looks at the image (DAIR: at the image minus the canvas
    drawn so far) and at the previous step's latents, up to N times. Each step proposes
    ``z_pres ~ Bern`` (0 once it has been 0), ``z_where ~ N``, crops that window and encodes it into
    ``z_what ~ N``.
@@ -81,6 +82,11 @@ def eval_mode(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+#: What each guide step proposes: its latents and the posterior parameters they came from.
+GUIDE_STEP_KEYS = ("z_pres", "z_pres_logit", "z_where", "z_where_loc", "z_where_std", "z_what", "z_what_loc",
+                   "z_what_std")
 
 
 @dataclass
@@ -237,65 +243,77 @@ class AIR(nn.Module):
         of step n + 1) in this one run, since a step sees only the steps before it: what
         :meth:`enumerated_objective` sums over."""
         cfg = self.config
-        b, n = x.size(0), cfg.max_steps
-        given_z_pres = z_pres
-        x_flat = x.flatten(1)
-        # AIR sees the same image at every step: project it once (DAIR re-projects the residual each step).
-        image_proj = None if cfg.dair else self.lstm.project_image(x_flat)
+        b = x.size(0)
         with_baseline = with_baseline and self.baseline is not None
-        bl_proj = self.baseline.lstm.project_image(x_flat) if with_baseline and not cfg.dair else None
-
+        # What each step looks at, the one place AIR and DAIR differ: AIR sees the image itself at every step
+        # (projected once), DAIR the image minus the canvas drawn so far (projected anew each step).
+        if cfg.dair:
+            canvas, image_proj, bl_proj = torch.zeros_like(x), None, None
+        else:
+            canvas, image_proj = None, self.lstm.project_image(x.flatten(1))
+            bl_proj = self.baseline.lstm.project_image(x.flatten(1)) if with_baseline else None
         state = self.lstm.initial_state(b, x)
         bl_state = self.baseline.lstm.initial_state(b, x) if with_baseline else None
-        z_pres_prev = x.new_ones(b)
-        z_where_prev = x.new_zeros(b, 3)
-        z_what_prev = x.new_zeros(b, cfg.z_what_dim)
-        canvas = torch.zeros_like(x) if cfg.dair else None
-        out = {k: [] for k in ("z_pres", "z_pres_logit", "z_where", "z_where_loc", "z_where_std",
-                               "z_what", "z_what_loc", "z_what_std", "baseline")}
+        prev = (x.new_ones(b), x.new_zeros(b, 3), x.new_zeros(b, cfg.z_what_dim))  # z_pres, z_where, z_what
+        out: dict[str, list] = {k: [] for k in GUIDE_STEP_KEYS + ("baseline",)}
         steps = []
-        for i in range(n):
+        for i in range(cfg.max_steps):
             seen = x - canvas if cfg.dair else x
-            latents = torch.cat([z_where_prev, z_what_prev, z_pres_prev[:, None]], -1)
-            if not cfg.dair_memory:  # a memoryless DAIR step: what it sees is the residual image, nothing else
-                latents, state = torch.zeros_like(latents), self.lstm.initial_state(b, x)
             proj = self.lstm.project_image(seen.flatten(1)) if cfg.dair else image_proj
-            state = self.lstm(proj, latents, state)
-            h = state[0]
-
-            # z_pres: is there (another) object?  Once 0, always 0.
-            logit, where_offset, where_std = self.predict(h)
-            if given_z_pres is not None:
-                z_pres = given_z_pres[:, i].to(logit) * z_pres_prev
-            elif deterministic:
-                z_pres = (logit > 0).to(x) * z_pres_prev
-            else:
-                z_pres = torch.bernoulli(torch.sigmoid(logit)).detach() * z_pres_prev
-            # z_where: where is it? (the guide predicts an offset from the prior mean)
-            where_loc = self.where_prior_loc + where_offset
-            z_where = where_loc if deterministic else where_loc + where_std * torch.randn_like(where_loc)
-            # z_what: what does it look like? Encode the window that z_where selects.
-            glimpse = attention.crop(seen, z_where, cfg.window_size, cfg.min_zoom)
-            what_loc, what_std = self.encoder(glimpse)
-            z_what = what_loc if deterministic else what_loc + what_std * torch.randn_like(what_loc)
-
-            if with_baseline:  # NVIL baseline: the same inputs, none of its gradient reaches the guide
-                bl_in = self.baseline.lstm.project_image(seen.detach().flatten(1)) if cfg.dair else bl_proj
-                bl_state = self.baseline.lstm(bl_in, latents.detach(), bl_state)
-                out["baseline"].append(self.baseline.head(bl_state[0]).float().squeeze(-1))
+            given = None if z_pres is None else z_pres[:, i]
+            step, latents, state = self.guide_step(seen, proj, prev, state, given, deterministic)
+            if with_baseline:
+                value, bl_state = self.baseline_step(seen, bl_proj, latents, bl_state)
+                out["baseline"].append(value)
             if cfg.dair:  # draw this object now: the next step looks at what is still unexplained
-                step_canvas, _ = self.render(z_what[:, None], z_where[:, None], z_pres[:, None])
-                canvas = self.overlay(canvas, step_canvas)
+                drawn, _ = self.render(step["z_what"][:, None], step["z_where"][:, None], step["z_pres"][:, None])
+                canvas = self.overlay(canvas, drawn)
                 steps.append(canvas)
-
-            for k, v in (("z_pres", z_pres), ("z_pres_logit", logit), ("z_where", z_where),
-                         ("z_where_loc", where_loc), ("z_where_std", where_std), ("z_what", z_what),
-                         ("z_what_loc", what_loc), ("z_what_std", what_std)):
-                out[k].append(v)
-            z_pres_prev, z_where_prev, z_what_prev = z_pres, z_where, z_what
-
+            for k in GUIDE_STEP_KEYS:
+                out[k].append(step[k])
+            prev = (step["z_pres"], step["z_where"], step["z_what"])
         stacked = {k: torch.stack(v, 1) for k, v in out.items() if v}
         return GuideOutput(**stacked, canvas=canvas, steps=steps or None)
+
+    def guide_step(self, seen: torch.Tensor, proj: torch.Tensor, prev: tuple, state: tuple,
+                   given_z_pres: torch.Tensor | None = None, deterministic: bool = False):
+        """One step of the guide: from what it sees (``seen``, (B, 1, H, W), and its projection ``proj``) and the
+        previous step's (z_pres, z_where, z_what), propose this step's latents. Returns (the step's latents and
+        their posterior parameters, the LSTM's latent input, the new LSTM state)."""
+        cfg = self.config
+        z_pres_prev, z_where_prev, z_what_prev = prev
+        latents = torch.cat([z_where_prev, z_what_prev, z_pres_prev[:, None]], -1)
+        if not cfg.dair_memory:  # a memoryless DAIR step: what it sees is the residual image, nothing else
+            latents, state = torch.zeros_like(latents), self.lstm.initial_state(seen.size(0), seen)
+        state = self.lstm(proj, latents, state)
+
+        # z_pres: is there (another) object?  Once 0, always 0.
+        logit, where_offset, where_std = self.predict(state[0])
+        if given_z_pres is not None:
+            z_pres = given_z_pres.to(logit) * z_pres_prev
+        elif deterministic:
+            z_pres = (logit > 0).to(seen) * z_pres_prev
+        else:
+            z_pres = torch.bernoulli(torch.sigmoid(logit)).detach() * z_pres_prev
+        # z_where: where is it? (the guide predicts an offset from the prior mean)
+        where_loc = self.where_prior_loc + where_offset
+        z_where = where_loc if deterministic else where_loc + where_std * torch.randn_like(where_loc)
+        # z_what: what does it look like? Encode the window that z_where selects.
+        glimpse = attention.crop(seen, z_where, cfg.window_size, cfg.min_zoom)
+        what_loc, what_std = self.encoder(glimpse)
+        z_what = what_loc if deterministic else what_loc + what_std * torch.randn_like(what_loc)
+        step = {"z_pres": z_pres, "z_pres_logit": logit, "z_where": z_where, "z_where_loc": where_loc,
+                "z_where_std": where_std, "z_what": z_what, "z_what_loc": what_loc, "z_what_std": what_std}
+        return step, latents, state
+
+    def baseline_step(self, seen: torch.Tensor, proj: torch.Tensor | None, latents: torch.Tensor, state: tuple):
+        """One step of the NVIL baseline: the guide step's inputs, detached, so none of its gradient reaches the
+        guide. ``proj`` is the image's projection (AIR), or None to project what this step sees (DAIR).
+        Returns (the baseline's value (B,), its new LSTM state)."""
+        if proj is None:
+            proj = self.baseline.lstm.project_image(seen.detach().flatten(1))
+        state = self.baseline.lstm(proj, latents.detach(), state)
+        return self.baseline.head(state[0]).float().squeeze(-1), state
 
     # ------------------------------------------------------------------------------------------------------
     # 3. Objective: the ELBO and its gradient estimator
