@@ -224,8 +224,8 @@ def _add_train(sub) -> None:
                    help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
                    "fp16 (with loss scaling) is for GPUs without bf16")
     g.add_argument("--compile", choices=("auto", "on", "off"), default=compile_default(),
-                   help="torch.compile the training loss: ~1.4x faster CPU steps at batch 64 after a one-time "
-                   "compile (~40 s the first time on a machine, seconds later). auto (default, or $AIR_COMPILE): "
+                   help="torch.compile the training loss: faster CPU steps after a one-time compile (cached per "
+                   "machine). auto (default, or $AIR_COMPILE): "
                    "on CPUs with a C++ compiler, falling back to eager with a warning where compiling fails; on: "
                    "any device, an error where it fails; off: eager")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

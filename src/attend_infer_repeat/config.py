@@ -60,22 +60,22 @@ class TrainConfig:
     steps: int = 6_000  # budget in optimiser steps (whichever of steps/minutes comes first ends the run)
     minutes: float | None = None  # budget in wall-clock minutes of training
     batch_size: int = 64
-    lr: float = 1e-3  # Adam, model and guide (Pyro: 1e-4; 1e-3 with cosine decay learns ~5x faster here)
+    lr: float = 1e-3  # Adam, model and guide (Pyro: 1e-4; 1e-3 with cosine decay learns the task in minutes here)
     baseline_lr: float = 1e-1  # Adam, the NVIL baseline network (needs a much larger rate)
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decays to lr * lr_final_fraction over the budget)
     lr_final_fraction: float = 0.1
     grad_clip: float | None = None  # max global grad norm of model+guide, None = off
     seed: int = 0
     # auto: bf16 autocast of the matrix products where the hardware does bf16 natively (CPUs with AVX-512 BF16
-    # or AMX, GPUs that support it; same accuracy, ~1.6x faster on such CPUs), else fp32. fp16 (for GPUs
-    # without bf16) adds dynamic loss scaling.
+    # or AMX, GPUs that support it; the same accuracy, faster: benchmarks/results/throughput.json), else fp32.
+    # fp16 (for GPUs without bf16) adds dynamic loss scaling.
     precision: str = "auto"
-    # torch.compile (TorchInductor) of the training loss: ~1.4x faster CPU steps at batch 64 after a one-time
-    # compile (~40 s the first time on a machine, a few seconds later from its cache; benchmarks/throughput.py).
+    # torch.compile (TorchInductor) of the training loss: faster CPU steps after a one-time compile, cached per
+    # machine (benchmarks/results/throughput.json), and as reliable as eager (benchmarks/results/accuracy*.json).
     # auto: on CPUs, in one process, where a C++ compiler is found, falling back to eager with a warning where
-    # compiling fails; on: on any device, and stop with an error where it fails; off: eager. Over 10 seeds both
-    # reached 98% count accuracy in 8 (benchmarks/results/accuracy*.json). The environment variable AIR_COMPILE
-    # (auto, on or off) sets the default for a machine. Configs saved before this option existed mean off.
+    # compiling fails; on: on any device, and stop with an error where it fails; off: eager. The environment
+    # variable AIR_COMPILE (auto, on or off) sets the default for a machine. Configs saved before this option
+    # existed mean off.
     compile: str = field(default_factory=compile_default)
     device: str = "auto"  # auto | cpu | cuda | mps
     threads: int | None = None  # torch intra-op threads (None: torch's default)

@@ -101,10 +101,10 @@ def reuse_freed_memory() -> bool:
 
     A CPU training step allocates and frees the same large buffers every time (the bf16 copies of the two
     2,500 x 1,024 image-projection weights and their gradients, 5-10 MB each). glibc serves blocks that large
-    with fresh ``mmap`` pages and unmaps them when freed, so every step paid ~600 page faults (1.2-1.5 ms of
-    kernel time, and the page zeroing in memory bandwidth). Raising the mmap threshold to its maximum (32 MB)
-    and the trim threshold to 256 MB keeps those blocks in the heap: ~0 faults per step, 32.0 against 34.8 ms
-    per step (4 back-to-back pairs of 10 s processes). Results are unchanged; freed memory up to 256 MB stays
+    with fresh ``mmap`` pages and unmaps them when freed, so every step paid hundreds of page faults (kernel time,
+    and the page zeroing in memory bandwidth). Raising the mmap threshold to its maximum (32 MB) and the trim
+    threshold to 256 MB keeps those blocks in the heap: no faults per step, and faster steps (benchmarks/README.md,
+    the CPU allocator). Results are unchanged; freed memory up to 256 MB stays
     with the process. Process-wide and idempotent; returns whether it applied (Linux with glibc only)."""
     import ctypes
     import platform

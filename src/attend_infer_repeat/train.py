@@ -591,7 +591,7 @@ def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
     if baseline:  # the score-function estimator's baseline (the enumerated ELBO has none)
         groups.append({"params": baseline, "lr": cfg.train.baseline_lr, "name": "baseline"})
     # The fused kernel does the same update in one pass over memory: with ~6M parameters, most of them in
-    # the two 2,500-pixel input projections, it makes a whole CPU training step about 1.5x faster.
+    # the two 2,500-pixel input projections, that is a large share of a CPU step (benchmarks/README.md).
     device = next(model.parameters()).device
     if device.type in ("cpu", "cuda"):
         try:

@@ -39,10 +39,9 @@ def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom
     """Attend: read the window selected by z_where. images (B, 1, H, W) -> glimpses (B, 1, w, w).
 
     Under bf16 autocast (training on CPUs with native bf16) ``affine_grid``'s internal matrix product runs in
-    bf16, so the sampling positions are rounded to bf16 (on random 50x50 images, glimpses differed from the fp32
-    crop by up to 0.13, and z_where gradients by up to half their size). The default's reliability (8 of 10
-    seeds at 98%) was measured with exactly this; a crop with an fp32 grid, tried as a faster replacement, left
-    seed 0 stuck at 36% count accuracy, so it was not kept. Under torch.compile the same ATen kernels run, with the same
+    bf16, so the sampling positions are rounded to bf16. The default's reliability was measured with exactly
+    this; a crop with an fp32 grid, tried as a faster replacement, trained worse and was not kept
+    (benchmarks/README.md, "what was tried"). Under torch.compile the same ATen kernels run, with the same
     rounding, through two opaque operators (below)."""
     theta = crop_theta(z_where, min_zoom)
     if _OPAQUE_OPS and _compiling():
@@ -128,8 +127,8 @@ def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoo
     Computes exactly ``grid_sample(windows, affine_grid(place_theta(z_where)))`` (bilinear, zero padding,
     ``align_corners=False``), but because AIR's transform is axis-aligned the bilinear weights separate:
     ``canvas = K_y @ window @ K_x^T`` with ``K[i, j] = max(0, 1 - |q_i - j|)``, ``q_i`` the window pixel that
-    canvas pixel ``i`` maps to. Two small batched matrix products; forward and backward together run about
-    1.7x faster on a CPU than grid_sample, whose backward is slow there (tests check both agree)."""
+    canvas pixel ``i`` maps to. Two small batched matrix products, faster on a CPU than grid_sample, whose
+    backward is slow there (benchmarks/README.md; tests check both agree)."""
     s = safe_zoom(z_where[:, 0], min_zoom)
     w = windows.size(-1)
     centres = (2 * torch.arange(image_size, dtype=windows.dtype, device=windows.device) + 1) / image_size - 1
