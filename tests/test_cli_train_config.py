@@ -178,3 +178,47 @@ def test_init_from_trains_a_run_and_refuses_what_does_not_fit(saved_run, tmp_pat
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["train", "--init-from", str(saved_run), "--resume", "--run-dir", str(run), "--no-progress"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def test_every_option_is_declared_once_in_its_config_field(configured):
+    """air train's options are built from the config dataclasses: each offered field has its help in the field's
+    metadata, the parser shows that help, and a value typed for it lands in that field of the run's config."""
+    import argparse
+    import dataclasses
+
+    from attend_infer_repeat.cli import MODEL_OPTIONS, TRAIN_OPTIONS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions}
+    typed = {}
+    for cls, names in ((TrainConfig, [n for v in TRAIN_OPTIONS.values() for n in v]), (ModelConfig, MODEL_OPTIONS)):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in names:
+            f = fields[name]
+            action = actions["data" if name == "data_path" else name]
+            assert f.metadata["help"] and action.help == f.metadata["help"], name
+            assert action.choices is None or tuple(action.choices) == tuple(f.metadata.get("choices", action.choices))
+            if isinstance(action, argparse.BooleanOptionalAction):
+                typed[name] = True
+            elif action.choices:
+                typed[name] = list(action.choices)[-1]
+            elif action.type is int:
+                typed[name] = 4
+            elif action.type is float:
+                typed[name] = 0.25
+    typed.update({"counts": (0, 1), "precision": "fp32", "dataset": "sprites", "device": "cpu", "threads": 1,
+                  "max_steps": 4, "dair_memory": False, "allow_overlap": False, "restarts": 1, "max_digit_size": 12,
+                  "digit_size": 8, "holdout": 0.25, "max_overlap": 0.25})
+    argv = []
+    for name, value in typed.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + flag[2:])
+        else:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    cfg = configured(*argv)
+    for name, value in typed.items():
+        got = getattr(cfg.model if name in MODEL_OPTIONS else cfg.train, name)
+        assert got == value, (name, got, value)

@@ -181,10 +181,64 @@ def _run_data(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- air train
-def _add_train(sub) -> None:
-    from .config import ModelConfig, TrainConfig, compile_default
+#: The fields of TrainConfig that air train offers, by help group (the rest keep their defaults)
+TRAIN_OPTIONS = {
+    "run": ("init_from", "steps", "minutes", "seed", "device", "threads", "precision", "compile"),
+    "optimisation": ("batch_size", "lr", "restarts", "baseline_lr", "grad_clip"),
+    "evaluation and checkpoints": ("eval_every", "eval_size", "checkpoint_every", "log_every"),
+    "data": ("dataset", "data_path", "holdout", "n_train", "n_test", "digit_size", "max_digit_size", "counts",
+             "allow_overlap", "max_overlap", "data_seed", "data_dir"),
+}
+#: The fields of ModelConfig that air train offers
+MODEL_OPTIONS = ("dair", "dair_memory", "z_pres_estimator", "max_steps", "z_what_dim", "lstm_hidden", "window_size",
+                 "likelihood", "likelihood_sigma", "composition", "z_pres_prior", "z_pres_prior_p",
+                 "z_pres_anneal_start", "z_pres_anneal_steps", "scale_prior_mean", "scale_prior_std",
+                 "shift_prior_std")
 
-    m, t = ModelConfig(), TrainConfig(compile="auto")  # AIR_COMPILE is checked when a run is configured
+
+def _flag(f) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _dest(f) -> str:
+    """Where argparse puts a field's option: its flag's name (``--data`` for ``data_path``)."""
+    return _flag(f)[2:].replace("-", "_")
+
+
+def _add_config_options(group, cls, names, **overrides) -> None:
+    """One option per field ``names`` of the config dataclass ``cls``, built from the field: its name with dashes
+    (or its metadata's ``flag``), its type (a bool becomes --x/--no-x), its default, its metadata's help, choices
+    and metavar. ``overrides``: argparse keywords per field where the command line differs (a default of None
+    where the data set decides, or where typed and untyped must differ)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f = fields[name]
+        kw = {k: v for k, v in f.metadata.items() if k != "flag"}
+        kw["default"] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind in ("int", "float"):
+            kw["type"] = int if kind == "int" else float
+        elif kind.startswith("tuple"):  # typed as a comma-separated list
+            kw["default"] = ",".join(map(str, kw["default"]))
+        kw.update(overrides.get(name, {}))
+        group.add_argument(_flag(f), dest=_dest(f), **kw)
+
+
+def _config_values(args, cls, names) -> dict:
+    """The values air train's options give the fields ``names`` of ``cls``."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {name: getattr(args, _dest(fields[name])) for name in names}
+
+
+def _add_train(sub) -> None:
+    from .config import ModelConfig, TrainConfig
+
     p = sub.add_parser(
         "train", help="train AIR on multi-MNIST, Multi-Fashion-MNIST, sprites or your own images (or continue a "
         "run with --resume)",
@@ -207,107 +261,14 @@ def _add_train(sub) -> None:
                    "budget, as with --resume); after a new --dataset or --data, the sizes, zoom prior and --dair "
                    "the file had at its own data set's defaults take the new data set's. Trains into a new "
                    "--run-dir")
-    g.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                   help="start from the weights of a trained model (a .pt file or a run directory) instead of new "
-                   "ones, e.g. to go on training on other scenes; without --config its model configuration is "
-                   "taken too, with the model options typed beside it (priors, composition, ...) in its place. "
-                   "No restarts: there are no new weights to restart from")
-    g.add_argument("--steps", type=int, default=None,
-                   help=f"training budget in optimiser steps (default: {t.steps})")
-    g.add_argument("--minutes", type=float, default=None,
-                   help="training budget in wall-clock minutes (the run ends at whichever budget comes first; "
-                   "default: none)")
-    g.add_argument("--seed", type=int, default=t.seed, help="random seed of initialisation and training")
-    g.add_argument("--device", default=t.device, help="auto, cpu, cuda or mps (auto picks a GPU when present)")
-    g.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=t.precision,
-                   help="autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; "
-                   "fp16 (with loss scaling) is for GPUs without bf16")
-    g.add_argument("--compile", choices=("auto", "on", "off"), default=compile_default(),
-                   help="torch.compile the training loss: faster CPU steps after a one-time compile (cached per "
-                   "machine). auto (default, or $AIR_COMPILE): "
-                   "on CPUs with a C++ compiler, falling back to eager with a warning where compiling fails; on: "
-                   "any device, an error where it fails; off: eager")
+    # every other option is a field of TrainConfig or ModelConfig, declared (with its help) there
+    _add_config_options(g, TrainConfig, TRAIN_OPTIONS["run"], steps={"default": None})
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step")
-    g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate of model and guide")
-    g.add_argument("--restarts", type=int, default=t.restarts,
-                   help="start again from new initial weights, at most this many times, when the trap check (no "
-                   "labels needed) finds a known bad optimum early in training (0: never)")
-    g.add_argument("--baseline-lr", type=float, default=t.baseline_lr, help="Adam learning rate of the NVIL baseline")
-    g.add_argument("--grad-clip", type=float, default=t.grad_clip, help="clip model+guide gradient norm (off if unset)")
-    g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, default=t.eval_every, help="held-out evaluation every N steps")
-    g.add_argument("--eval-size", type=int, default=t.eval_size,
-                   help="held-out scenes scored at each periodic evaluation (the final one scores all)")
-    g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every, help="write last.pt every N steps")
-    g.add_argument("--log-every", type=int, default=t.log_every, help="log training metrics every N steps")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=SCENE_DATASETS, default=None,
-                   help="generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites (default: "
-                   "mnist; fashion and sprites bring their own --digit-size and --scale-prior-mean defaults)")
-    g.add_argument("--data", default=None, metavar="PATH",
-                   help="train on your own images instead: a folder of PNG/JPEG files, a .npy/.npz array (N,H,W) "
-                   "or (N,1,H,W), uint8 or floats in [0,1], or a scene .npz from 'air data' (its counts give a "
-                   "held-out count accuracy; other images are evaluated by ELBO only). Read as 'air infer' reads "
-                   "images (grey, inverted if dark on light, padded and resized to 50x50)")
-    g.add_argument("--holdout", type=float, default=t.holdout,
-                   help="with --data: the fraction of the images held out for evaluation")
-    g.add_argument("--n-train", type=int, default=t.n_train,
-                   help="training scenes (from the train items; ignored with --data)")
-    g.add_argument("--n-test", type=int, default=t.n_test,
-                   help="held-out scenes (from the test items; ignored with --data)")
-    g.add_argument("--digit-size", type=int, default=None,
-                   help="object size in pixels (default: 28 for mnist as in the paper, 20 for fashion, 10 for "
-                   "sprites)")
-    g.add_argument("--max-digit-size", type=int, default=None,
-                   help="if set, object sizes vary uniformly between --digit-size and this (default: 20 for "
-                   "sprites when --digit-size is not given either, else none)")
-    g.add_argument("--counts", default=",".join(map(str, t.counts)), help="allowed digit counts, e.g. 0,1,2")
-    g.add_argument("--allow-overlap", action="store_true", default=t.allow_overlap,
-                   help="generated scenes: let the objects overlap (pixels combined with max); by default their ink "
-                   "boxes are disjoint")
-    g.add_argument("--max-overlap", type=float, default=t.max_overlap,
-                   help="generated scenes: the largest IoU two objects' ink boxes may have (default 0: apart)")
-    g.add_argument("--data-seed", type=int, default=t.data_seed, help="seed of the generated scenes")
-    g.add_argument("--data-dir", default=t.data_dir,
-                   help="a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
-    g = p.add_argument_group("model")
-    g.add_argument("--dair", action=argparse.BooleanOptionalAction, default=None,
-                   help="Difference AIR: each step sees image minus canvas so far (default: on for --dataset "
-                   "sprites, where plain AIR stacks its steps on one shape; off otherwise)")
-    g.add_argument("--dair-memory", action=argparse.BooleanOptionalAction, default=m.dair_memory,
-                   help="with --dair: carry the LSTM state and the previous latents from step to step (the paper's); "
-                   "--no-dair-memory makes every step one function of the residual image alone (ours)")
-    g.add_argument("--z-pres-estimator", choices=("enumerate", "nvil"), default=m.z_pres_estimator,
-                   help="training's treatment of the discrete z_pres: sum the ELBO over every count exactly, or "
-                   "sample it with the score-function (NVIL) estimator of the paper")
-    g.add_argument("--max-steps", type=int, default=m.max_steps, help="N, the most objects per image")
-    g.add_argument("--z-what-dim", type=int, default=m.z_what_dim, help="size of the appearance code z_what")
-    g.add_argument("--lstm-hidden", type=int, default=m.lstm_hidden, help="LSTM state size")
-    g.add_argument("--window-size", type=int, default=m.window_size, help="attention window (glimpse) size")
-    g.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default=m.likelihood,
-                   help="p(x | z): Gaussian with fixed sigma, or Bernoulli")
-    g.add_argument("--likelihood-sigma", type=float, default=m.likelihood_sigma,
-                   help="sigma of the Gaussian likelihood")
-    g.add_argument("--composition", choices=("sum", "max"), default=m.composition,
-                   help="how objects make the canvas: their sum (the paper's) or the pixel-wise maximum (ink "
-                   "that overlaps, as in the generated scenes: two crossing digits cost no more than two apart)")
-    g.add_argument("--z-pres-prior", choices=("bernoulli", "geometric"), default=m.z_pres_prior,
-                   help="prior on the count: fixed Bernoulli per step, or truncated geometric with annealing")
-    g.add_argument("--z-pres-prior-p", type=float, default=m.z_pres_prior_p,
-                   help="Bernoulli prior p per step (or the geometric prior's final success probability)")
-    g.add_argument("--z-pres-anneal-start", type=float, default=m.z_pres_anneal_start,
-                   help="geometric prior: success probability at the start of training")
-    g.add_argument("--z-pres-anneal-steps", type=int, default=m.z_pres_anneal_steps,
-                   help="geometric prior: steps over which it is annealed to --z-pres-prior-p")
-    g.add_argument("--scale-prior-mean", type=float, default=None,
-                   help="prior mean of the zoom s (window = image size / s pixels; default: 3 as in the paper, "
-                   "a 17 px window, which also suits the 20 px Fashion-MNIST items)")
-    g.add_argument("--scale-prior-std", type=float, default=m.scale_prior_std, help="prior std of the zoom s")
-    g.add_argument("--shift-prior-std", type=float, default=m.shift_prior_std,
-                   help="prior std of the window centre (normalised coordinates)")
+    for title in ("optimisation", "evaluation and checkpoints", "data"):
+        _add_config_options(p.add_argument_group(title), TrainConfig, TRAIN_OPTIONS[title],
+                            dataset={"default": None, "choices": SCENE_DATASETS})
+    _add_config_options(p.add_argument_group("model"), ModelConfig, MODEL_OPTIONS,
+                        scale_prior_mean={"default": None})
     p.set_defaults(func=_run_train, parser=p)
 
 
@@ -379,30 +340,13 @@ def _config_from_options(args):
     name = "files" if args.data is not None else (args.dataset or "mnist")
     scale_prior_mean = args.scale_prior_mean if args.scale_prior_mean is not None else \
         dataset(name).scale_prior_mean
-    model = ModelConfig(max_steps=args.max_steps, z_what_dim=args.z_what_dim, lstm_hidden=args.lstm_hidden,
-                        window_size=args.window_size,
-                        dair=args.dair,
-                        dair_memory=args.dair_memory,
-                        z_pres_estimator=args.z_pres_estimator,
-                        likelihood=args.likelihood, composition=args.composition,
-                        likelihood_sigma=args.likelihood_sigma, z_pres_prior=args.z_pres_prior,
-                        z_pres_prior_p=args.z_pres_prior_p, z_pres_anneal_start=args.z_pres_anneal_start,
-                        z_pres_anneal_steps=args.z_pres_anneal_steps, scale_prior_mean=scale_prior_mean,
-                        scale_prior_std=args.scale_prior_std, shift_prior_std=args.shift_prior_std)
-    train_cfg = TrainConfig(steps=args.steps if args.steps is not None else TrainConfig.steps,
-                            minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                            baseline_lr=args.baseline_lr, grad_clip=args.grad_clip, seed=args.seed,
-                            restarts=args.restarts,
-                            precision=args.precision,
-                            compile=args.compile, device=args.device, threads=args.threads,
-                            eval_every=args.eval_every,
-                            eval_size=args.eval_size, checkpoint_every=args.checkpoint_every,
-                            log_every=args.log_every, n_train=args.n_train, n_test=args.n_test,
-                            digit_size=args.digit_size, max_digit_size=args.max_digit_size, counts=counts,
-                            allow_overlap=args.allow_overlap, max_overlap=args.max_overlap,
-                            data_seed=args.data_seed, data_dir=args.data_dir, dataset=name,
-                            data_path=os.path.abspath(os.path.expanduser(args.data)) if args.data else None,
-                            holdout=args.holdout, init_from=args.init_from)
+    model = ModelConfig(**{**_config_values(args, ModelConfig, MODEL_OPTIONS),
+                           "scale_prior_mean": scale_prior_mean})
+    options = [n for names in TRAIN_OPTIONS.values() for n in names]
+    train_cfg = TrainConfig(**{**_config_values(args, TrainConfig, options),
+                               "steps": args.steps if args.steps is not None else TrainConfig.steps,
+                               "counts": counts, "dataset": name,
+                               "data_path": os.path.abspath(os.path.expanduser(args.data)) if args.data else None})
     return RunConfig(model=model, train=train_cfg)
 
 

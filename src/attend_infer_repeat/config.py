@@ -28,6 +28,7 @@ from .model.config import (  # noqa: F401 - ModelConfig and its constants are pa
     _check,
     _check_types,
     approximate_parameters,
+    option,
 )
 from .registry import dataset as registered
 
@@ -57,50 +58,115 @@ def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[
 class TrainConfig:
     """How ``air train`` trains: budget, optimiser, evaluation and checkpoints."""
 
-    steps: int = 6_000  # budget in optimiser steps (whichever of steps/minutes comes first ends the run)
-    minutes: float | None = None  # budget in wall-clock minutes of training
-    batch_size: int = 64
-    lr: float = 1e-3  # Adam, model and guide (Pyro: 1e-4; 1e-3 with cosine decay learns the task in minutes here)
-    baseline_lr: float = 1e-1  # Adam, the NVIL baseline network (needs a much larger rate)
+    # budget in optimiser steps (whichever of steps/minutes comes first ends the run)
+    steps: int = option(6_000,
+            "training budget in optimiser steps (default: 6000)")
+    # budget in wall-clock minutes of training
+    minutes: float | None = option(None,
+            "training budget in wall-clock minutes (the run ends at whichever budget comes first; default: none)")
+    batch_size: int = option(64,
+            "images per step")
+    # Adam, model and guide (Pyro: 1e-4; 1e-3 with cosine decay learns the task in minutes here)
+    lr: float = option(1e-3,
+            "Adam learning rate of model and guide")
+    # Adam, the NVIL baseline network (needs a much larger rate)
+    baseline_lr: float = option(1e-1,
+            "Adam learning rate of the NVIL baseline")
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decays to lr * lr_final_fraction over the budget)
     lr_final_fraction: float = 0.1
-    grad_clip: float | None = None  # max global grad norm of model+guide, None = off
-    seed: int = 0
+    # max global grad norm of model+guide, None = off
+    grad_clip: float | None = option(None,
+            "clip model+guide gradient norm (off if unset)")
+    seed: int = option(0,
+            "random seed of initialisation and training")
     # auto: bf16 autocast of the matrix products where the hardware does bf16 natively (CPUs with AVX-512 BF16
     # or AMX, GPUs that support it; the same accuracy, faster: benchmarks/results/throughput.json), else fp32.
     # fp16 (for GPUs without bf16) adds dynamic loss scaling.
-    precision: str = "auto"
+    precision: str = option("auto",
+            "autocast for the matrix products: auto picks bf16 where the CPU/GPU has it natively; fp16 (with loss "
+            "scaling) is for GPUs without bf16",
+            choices=('auto', 'fp32', 'bf16', 'fp16'))
     # torch.compile (TorchInductor) of the training loss: faster CPU steps after a one-time compile, cached per
     # machine (benchmarks/results/throughput.json), and as reliable as eager (benchmarks/results/accuracy*.json).
     # auto: on CPUs, in one process, where a C++ compiler is found, falling back to eager with a warning where
     # compiling fails; on: on any device, and stop with an error where it fails; off: eager. The environment
     # variable AIR_COMPILE (auto, on or off) sets the default for a machine. Configs saved before this option
     # existed mean off.
-    compile: str = field(default_factory=compile_default)
-    device: str = "auto"  # auto | cpu | cuda | mps
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
-    eval_every: int = 1000  # held-out evaluation every this many steps
+    compile: str = option(None, factory=compile_default, help=
+            "torch.compile the training loss: faster CPU steps after a one-time compile (cached per machine). auto "
+            "(default, or $AIR_COMPILE): on CPUs with a C++ compiler, falling back to eager with a warning where "
+            "compiling fails; on: any device, an error where it fails; off: eager",
+            choices=('auto', 'on', 'off'))
+    # auto | cpu | cuda | mps
+    device: str = option("auto",
+            "auto, cpu, cuda or mps (auto picks a GPU when present)")
+    # torch intra-op threads (None: torch's default)
+    threads: int | None = option(None,
+            "torch CPU threads (default: torch's choice)")
+    # held-out evaluation every this many steps
+    eval_every: int = option(1000,
+            "held-out evaluation every N steps")
     # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels) finds
     # a known bad optimum at the first evaluation from a sixth of its step budget on (if before a quarter of it)
-    restarts: int = 2
-    eval_size: int = 2000  # held-out scenes scored at each evaluation (the final evaluation uses all)
-    checkpoint_every: int = 1000
-    log_every: int = 50  # progress bar refresh, in steps
-    n_train: int = 60_000  # training scenes (MNIST train digits)
-    n_test: int = 10_000  # held-out scenes (MNIST test digits)
-    digit_size: int | None = None  # object size in px; None: the data set's default (registry.py)
-    max_digit_size: int | None = None
-    counts: tuple[int, ...] = (0, 1, 2)
-    max_overlap: float = 0.0  # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
-    allow_overlap: bool = False  # generated scenes: let the objects' ink overlap (else their ink boxes are disjoint)
-    data_seed: int = 0
-    data_dir: str | None = None  # a folder of MNIST (or Fashion-MNIST) IDX files (else cache, package, download)
-    dataset: str = "mnist"  # mnist | fashion | sprites: the generated scenes; files: the images at data_path
-    data_path: str | None = None  # dataset "files": a folder of images, a .npy/.npz array or a scene .npz
-    holdout: float = 0.1  # dataset "files": the fraction of the images held out for evaluation
+    restarts: int = option(2,
+            "start again from new initial weights, at most this many times, when the trap check (no labels needed) "
+            "finds a known bad optimum early in training (0: never)")
+    # held-out scenes scored at each evaluation (the final evaluation uses all)
+    eval_size: int = option(2000,
+            "held-out scenes scored at each periodic evaluation (the final one scores all)")
+    checkpoint_every: int = option(1000,
+            "write last.pt every N steps")
+    # progress bar refresh, in steps
+    log_every: int = option(50,
+            "log training metrics every N steps")
+    # training scenes (MNIST train digits)
+    n_train: int = option(60_000,
+            "training scenes (from the train items; ignored with --data)")
+    # held-out scenes (MNIST test digits)
+    n_test: int = option(10_000,
+            "held-out scenes (from the test items; ignored with --data)")
+    # object size in px; None: the data set's default (registry.py)
+    digit_size: int | None = option(None,
+            "object size in pixels (default: 28 for mnist as in the paper, 20 for fashion, 10 for sprites)")
+    max_digit_size: int | None = option(None,
+            "if set, object sizes vary uniformly between --digit-size and this (default: 20 for sprites when --digit-"
+            "size is not given either, else none)")
+    counts: tuple[int, ...] = option((0, 1, 2),
+            "allowed digit counts, e.g. 0,1,2")
+    # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
+    max_overlap: float = option(0.0,
+            "generated scenes: the largest IoU two objects' ink boxes may have (default 0: apart)")
+    # generated scenes: let the objects' ink overlap (else their ink boxes are disjoint)
+    allow_overlap: bool = option(False,
+            "generated scenes: let the objects overlap (pixels combined with max); by default their ink boxes are "
+            "disjoint")
+    data_seed: int = option(0,
+            "seed of the generated scenes")
+    # a folder of MNIST (or Fashion-MNIST) IDX files (else cache, package, download)
+    data_dir: str | None = option(None,
+            "a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
+    # mnist | fashion | sprites: the generated scenes; files: the images at data_path
+    dataset: str = option("mnist",
+            "generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites (default: mnist; fashion and "
+            "sprites bring their own --digit-size and --scale-prior-mean defaults)")
+    # dataset "files": a folder of images, a .npy/.npz array or a scene .npz
+    data_path: str | None = option(None,
+            "train on your own images instead: a folder of PNG/JPEG files, a .npy/.npz array (N,H,W) or (N,1,H,W), "
+            "uint8 or floats in [0,1], or a scene .npz from 'air data' (its counts give a held-out count accuracy; "
+            "other images are evaluated by ELBO only). Read as 'air infer' reads images (grey, inverted if dark on "
+            "light, padded and resized to 50x50)",
+            metavar='PATH', flag='--data')
+    # dataset "files": the fraction of the images held out for evaluation
+    holdout: float = option(0.1,
+            "with --data: the fraction of the images held out for evaluation")
     # start from the weights of this checkpoint (a .pt file or a run directory) instead of new ones: go on
     # training a model that counts on other scenes (other sizes, overlap, your images). None: new weights
-    init_from: str | None = None
+    init_from: str | None = option(None,
+            "start from the weights of a trained model (a .pt file or a run directory) instead of new ones, e.g. to go "
+            "on training on other scenes; without --config its model configuration is taken too, with the model options"
+            " typed beside it (priors, composition, ...) in its place. No restarts: there are no new weights to restart"
+            " from",
+            metavar='CHECKPOINT')
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -10,7 +10,7 @@ Conventions used throughout the package:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from ..errors import InputError
 
@@ -26,47 +26,90 @@ MODEL_LIMITS = {"image_size": 1024, "max_steps": 64, "window_size": 256, "z_what
 #: The most parameters a config may ask for (the default model has about 3 million).
 MAX_PARAMETERS = 200_000_000
 
+def option(default=MISSING, help: str = "", *, factory=None, **cli):
+    """A configuration field that ``air train`` offers on its command line: the help text (and any of argparse's
+    ``choices`` and ``metavar``, or ``flag`` for an option named otherwise) live in the field's metadata, so the
+    option is declared once, here, and ``cli.py`` builds its argparse group from it."""
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     """The AIR model: sizes, priors and likelihood (defaults: the paper's multi-MNIST model, with the
     sizes and priors of the Pyro example that public re-implementations confirmed)."""
 
     image_size: int = 50  # H = W of the input images
-    max_steps: int = 3  # N: the most objects one image can be explained with
-    window_size: int = 28  # the glimpse (attention window) is window_size x window_size pixels
-    z_what_dim: int = 50
-    lstm_hidden: int = 256
+    # N: the most objects one image can be explained with
+    max_steps: int = option(3,
+            "N, the most objects per image")
+    # the glimpse (attention window) is window_size x window_size pixels
+    window_size: int = option(28,
+            "attention window (glimpse) size")
+    z_what_dim: int = option(50,
+            "size of the appearance code z_what")
+    lstm_hidden: int = option(256,
+            "LSTM state size")
     encoder_hidden: int = 200  # what-encoder MLP
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     # Difference AIR: each step sees the image minus the canvas drawn so far. None: the data set's default, which
     # a RunConfig fills in (registry.py: DAIR for sprites); plain AIR for a model built on its own
-    dair: bool | None = None
+    dair: bool | None = option(None,
+            "Difference AIR: each step sees image minus canvas so far (default: on for --dataset sprites, where plain "
+            "AIR stacks its steps on one shape; off otherwise)")
     # DAIR only. True (the paper's): the LSTM carries its state and the previous step's latents from step to step.
     # False (ours): every step starts from the LSTM's initial state with no previous latents, so the whole step
     # (z_pres, z_where, z_what) is one function of the residual image, the same at every step: a model that has
     # learned to find one object and to stop on an empty residual counts any number of them
-    dair_memory: bool = True
+    dair_memory: bool = option(True,
+            "with --dair: carry the LSTM state and the previous latents from step to step (the paper's); --no-dair-"
+            "memory makes every step one function of the residual image alone (ours)")
     # How training treats the discrete z_pres: "enumerate" sums the ELBO over the N + 1 possible counts exactly
     # (AIR.enumerated_objective: an exact gradient for the presence probabilities, no baseline); "nvil" samples
     # z_pres and uses the score function with the NVIL baseline, as the paper does
-    z_pres_estimator: str = "enumerate"
+    z_pres_estimator: str = option("enumerate",
+            "training's treatment of the discrete z_pres: sum the ELBO over every count exactly, or sample it with the "
+            "score-function (NVIL) estimator of the paper",
+            choices=('enumerate', 'nvil'))
     # Likelihood p(x | z)
-    likelihood: str = "gaussian"
-    likelihood_sigma: float = 0.3
+    likelihood: str = option("gaussian",
+            "p(x | z): Gaussian with fixed sigma, or Bernoulli",
+            choices=('gaussian', 'bernoulli'))
+    likelihood_sigma: float = option(0.3,
+            "sigma of the Gaussian likelihood")
     # How the objects make the canvas. "sum" (the paper's): the canvas is the sum of the objects, so where two
     # objects' ink crosses it is counted twice. "max" (ours): each pixel is the brightest object's, which is how
     # ink on paper (and our generated scenes) overlaps; two crossing digits then cost no more than two apart
-    composition: str = "sum"
+    composition: str = option("sum",
+            "how objects make the canvas: their sum (the paper's) or the pixel-wise maximum (ink that overlaps, as in "
+            "the generated scenes: two crossing digits cost no more than two apart)",
+            choices=('sum', 'max'))
     # Priors of the generative model
-    z_pres_prior: str = "bernoulli"  # "bernoulli": fixed p per step; "geometric": truncated geometric on the count
-    z_pres_prior_p: float = 0.01  # the Bernoulli prior's p (Pyro tutorial), or the geometric prior's final value
-    z_pres_anneal_start: float = 0.99  # geometric prior: success probability at step 0 ...
-    z_pres_anneal_steps: int = 100_000  # ... annealed (log-linearly) to z_pres_prior_p over this many steps
-    scale_prior_mean: float = 3.0  # zoom s ~ N(mean, std); 50/3 = 17 px windows
-    scale_prior_std: float = 0.2
+    # "bernoulli": fixed p per step; "geometric": truncated geometric on the count
+    z_pres_prior: str = option("bernoulli",
+            "prior on the count: fixed Bernoulli per step, or truncated geometric with annealing",
+            choices=('bernoulli', 'geometric'))
+    # the Bernoulli prior's p (Pyro tutorial), or the geometric prior's final value
+    z_pres_prior_p: float = option(0.01,
+            "Bernoulli prior p per step (or the geometric prior's final success probability)")
+    # geometric prior: success probability at step 0 ...
+    z_pres_anneal_start: float = option(0.99,
+            "geometric prior: success probability at the start of training")
+    # ... annealed (log-linearly) to z_pres_prior_p over this many steps
+    z_pres_anneal_steps: int = option(100_000,
+            "geometric prior: steps over which it is annealed to --z-pres-prior-p")
+    # zoom s ~ N(mean, std); 50/3 = 17 px windows
+    scale_prior_mean: float = option(3.0,
+            "prior mean of the zoom s (window = image size / s pixels; default: 3 as in the paper, a 17 px window, "
+            "which also suits the 20 px Fashion-MNIST items)")
+    scale_prior_std: float = option(0.2,
+            "prior std of the zoom s")
     shift_prior_mean: float = 0.0  # window centre (x, y) ~ N(mean, std) in normalised coordinates
-    shift_prior_std: float = 1.0
+    shift_prior_std: float = option(1.0,
+            "prior std of the window centre (normalised coordinates)")
     # Initialisation that keeps training out of the known bad optima
     decoder_output_bias: float = -2.0  # objects start nearly empty, else counts collapse to 0
     z_pres_init_logit: float = 2.0  # the guide starts by proposing objects (p = 0.88)
