@@ -58,10 +58,8 @@ def object_sizes(dataset: str, size: int | None, max_size: int | None) -> tuple[
 class TrainConfig:
     """How ``air train`` trains: budget, optimiser, evaluation and checkpoints."""
 
-    # budget in optimiser steps (whichever of steps/minutes comes first ends the run)
     steps: int = option(6_000,
             "training budget in optimiser steps (default: 6000)")
-    # budget in wall-clock minutes of training
     minutes: float | None = option(None,
             "training budget in wall-clock minutes (the run ends at whichever budget comes first; default: none)")
     batch_size: int = option(64,
@@ -74,7 +72,6 @@ class TrainConfig:
             "Adam learning rate of the NVIL baseline")
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decays to lr * lr_final_fraction over the budget)
     lr_final_fraction: float = 0.1
-    # max global grad norm of model+guide, None = off
     grad_clip: float | None = option(None,
             "clip model+guide gradient norm (off if unset)")
     seed: int = option(0,
@@ -97,13 +94,10 @@ class TrainConfig:
             "(default, or $AIR_COMPILE): on CPUs with a C++ compiler, falling back to eager with a warning where "
             "compiling fails; on: any device, an error where it fails; off: eager",
             choices=('auto', 'on', 'off'))
-    # auto | cpu | cuda | mps
     device: str = option("auto",
             "auto, cpu, cuda or mps (auto picks a GPU when present)")
-    # torch intra-op threads (None: torch's default)
     threads: int | None = option(None,
             "torch CPU threads (default: torch's choice)")
-    # held-out evaluation every this many steps
     eval_every: int = option(1000,
             "held-out evaluation every N steps")
     # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels) finds
@@ -111,18 +105,14 @@ class TrainConfig:
     restarts: int = option(2,
             "start again from new initial weights, at most this many times, when the trap check (no labels needed) "
             "finds a known bad optimum early in training (0: never)")
-    # held-out scenes scored at each evaluation (the final evaluation uses all)
     eval_size: int = option(2000,
             "held-out scenes scored at each periodic evaluation (the final one scores all)")
     checkpoint_every: int = option(1000,
             "write last.pt every N steps")
-    # progress bar refresh, in steps
     log_every: int = option(50,
             "log training metrics every N steps")
-    # training scenes (MNIST train digits)
     n_train: int = option(60_000,
             "training scenes (from the train items; ignored with --data)")
-    # held-out scenes (MNIST test digits)
     n_test: int = option(10_000,
             "held-out scenes (from the test items; ignored with --data)")
     # object size in px; None: the data set's default (registry.py)
@@ -133,34 +123,27 @@ class TrainConfig:
             "size is not given either, else none)")
     counts: tuple[int, ...] = option((0, 1, 2),
             "allowed digit counts, e.g. 0,1,2")
-    # generated scenes: the largest IoU of two objects' ink boxes (0: apart)
     max_overlap: float = option(0.0,
             "generated scenes: the largest IoU two objects' ink boxes may have (default 0: apart)")
-    # generated scenes: let the objects' ink overlap (else their ink boxes are disjoint)
     allow_overlap: bool = option(False,
             "generated scenes: let the objects overlap (pixels combined with max); by default their ink boxes are "
             "disjoint")
     data_seed: int = option(0,
             "seed of the generated scenes")
-    # a folder of MNIST (or Fashion-MNIST) IDX files (else cache, package, download)
     data_dir: str | None = option(None,
             "a folder with the MNIST (or, with --dataset fashion, Fashion-MNIST) IDX files (optional)")
     # mnist | fashion | sprites: the generated scenes; files: the images at data_path
     dataset: str = option("mnist",
             "generated scenes of MNIST digits, Fashion-MNIST items or procedural sprites (default: mnist; fashion and "
             "sprites bring their own --digit-size and --scale-prior-mean defaults)")
-    # dataset "files": a folder of images, a .npy/.npz array or a scene .npz
     data_path: str | None = option(None,
             "train on your own images instead: a folder of PNG/JPEG files, a .npy/.npz array (N,H,W) or (N,1,H,W), "
             "uint8 or floats in [0,1], or a scene .npz from 'air data' (its counts give a held-out count accuracy; "
             "other images are evaluated by ELBO only). Read as 'air infer' reads images (grey, inverted if dark on "
             "light, padded and resized to 50x50)",
             metavar='PATH', flag='--data')
-    # dataset "files": the fraction of the images held out for evaluation
     holdout: float = option(0.1,
             "with --data: the fraction of the images held out for evaluation")
-    # start from the weights of this checkpoint (a .pt file or a run directory) instead of new ones: go on
-    # training a model that counts on other scenes (other sizes, overlap, your images). None: new weights
     init_from: str | None = option(None,
             "start from the weights of a trained model (a .pt file or a run directory) instead of new ones, e.g. to go "
             "on training on other scenes; without --config its model configuration is taken too, with the model options"
