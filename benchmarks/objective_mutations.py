@@ -25,24 +25,24 @@ TESTS = ["tests/test_estimators.py", "tests/test_model.py", "tests/test_objectiv
 
 #: (name, file in the package, the text as it is, the text as the mutation makes it)
 MUTATIONS = [
-    ("nvil ELBO without KL(z_what)", "model.py",
+    ("nvil ELBO without KL(z_what)", "model/air.py",
      "object_cost = present * (kl_where + kl_what)", "object_cost = present * kl_where"),
-    ("enumerated ELBO without KL(z_what)", "model.py",
+    ("enumerated ELBO without KL(z_what)", "model/air.py",
      "object_cost = kl_where + kl_what  # (B, N)", "object_cost = kl_where  # (B, N)"),
-    ("Gaussian likelihood without -log(sigma)", "model.py",
+    ("Gaussian likelihood without -log(sigma)", "model/air.py",
      "- math.log(sigma) - 0.5 * math.log(2 * math.pi)", "- 0.5 * math.log(2 * math.pi)"),
-    ("z_pres surrogate with its sign flipped", "objective.py",
+    ("z_pres surrogate with its sign flipped", "model/objective.py",
      "surrogate = -((signal - baseline.detach()) * log_q_pres).sum(-1)",
      "surrogate = ((signal - baseline.detach()) * log_q_pres).sum(-1)"),
-    ("learning signal without the step's own object cost", "model.py",
+    ("learning signal without the step's own object cost", "model/air.py",
      "signal = log_lik[:, None] - reverse_cumsum(object_cost)",
      "signal = log_lik[:, None] - (reverse_cumsum(object_cost) - object_cost)"),
-    ("learning signal without the likelihood", "model.py",
+    ("learning signal without the likelihood", "model/air.py",
      "signal = log_lik[:, None] - reverse_cumsum(object_cost)", "signal = -reverse_cumsum(object_cost)"),
-    ("enumerated ELBO without the count KL", "model.py",
+    ("enumerated ELBO without the count KL", "model/air.py",
      "elbo = (q_count * (log_lik - object_costs)).sum(1) - kl_count",
      "elbo = (q_count * (log_lik - object_costs)).sum(1)"),
-    ("enumerated ELBO with q(n) detached", "model.py",
+    ("enumerated ELBO with q(n) detached", "model/air.py",
      "q_count = log_q_count.exp()", "q_count = log_q_count.exp().detach()"),
 ]
 
