@@ -134,11 +134,10 @@ def initial_weights(path: str | Path, model) -> dict[str, torch.Tensor]:
     if _baseline_differs(model, weights):
         weights = {k: v for k, v in weights.items() if not k.startswith("baseline.")}
         weights.update({k: v for k, v in model.state_dict().items() if k.startswith("baseline.")})
-    try:
-        check_state_dict(model, weights, p)
-    except CheckpointError as e:
-        raise InputError(f"--init-from {p}: its model has other sizes than this run's ({str(e).split('(', 1)[-1]}; "
-                         "give the sizes it was trained with, e.g. with --config and its run directory") from None
+    detail = state_dict_mismatch(model, weights, p)
+    if detail:
+        raise InputError(f"--init-from {p}: its model has other sizes than this run's ({detail}); give the sizes "
+                         "it was trained with, e.g. with --config and its run directory")
     check_finite(weights, p)
     return weights
 
@@ -157,8 +156,9 @@ def check_finite(weights: dict[str, torch.Tensor], path) -> None:
                               "use an earlier checkpoint (best.pt) or train again")
 
 
-def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:
-    """Refuse weights whose names or shapes do not match the model, with a message listing the differences."""
+def state_dict_mismatch(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> str:
+    """How weights differ from the model's in names and shapes ("" where they fit); CheckpointError where they are
+    no mapping of names to tensors at all."""
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: its 'model' entry is not a mapping of weight names to tensors")
     own = model.state_dict()
@@ -166,8 +166,13 @@ def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], p
     unexpected = sorted(set(weights) - set(own))
     shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in weights and weights[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(filter(None, [
-            f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-            f"shape mismatch {shapes[:3]}" if shapes else ""]))
+    return "; ".join(filter(None, [
+        f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+        f"shape mismatch {shapes[:3]}" if shapes else ""]))
+
+
+def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights whose names or shapes do not match the model, with a message listing the differences."""
+    detail = state_dict_mismatch(model, weights, path)
+    if detail:
         raise CheckpointError(f"{path}: the weights do not fit the model its configuration describes ({detail})")

@@ -53,7 +53,7 @@ def dataset(name: str) -> DataSet:
 
 def scene_dataset(name: str) -> DataSet:
     """The entry of a data set whose scenes the package draws (not 'files')."""
-    d = dataset(name) if name in DATASETS else None
+    d = DATASETS.get(name) if isinstance(name, str) else None
     if d is None or not d.generated:
         raise InputError(f"dataset must be one of {', '.join(SCENE_DATASETS)}, got {name!r}")
     return d
