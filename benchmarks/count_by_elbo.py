@@ -39,9 +39,9 @@ def count_scores(model, x: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     from attend_infer_repeat import AIR
+    from attend_infer_repeat.data import SceneConfig, make_scenes
     from attend_infer_repeat.evaluate import as_float_batch
     from attend_infer_repeat.model import eval_mode
-    from attend_infer_repeat.scenes import SceneConfig, make_scenes
 
     from common import record
 

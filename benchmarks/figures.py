@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from attend_infer_repeat import AIR
-from attend_infer_repeat.scenes import SceneConfig, make_scenes
+from attend_infer_repeat.data import SceneConfig, make_scenes
 from attend_infer_repeat.visualise import draw_inference
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TESTS = ["tests/test_estimators.py", "tests/test_model.py", "tests/test_objective.py"]
+TESTS = ["tests/model/test_estimators.py", "tests/model/test_model.py", "tests/model/test_objective.py"]
 
 #: (name, file in the package, the text as it is, the text as the mutation makes it)
 MUTATIONS = [

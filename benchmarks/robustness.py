@@ -40,7 +40,7 @@ def _two_digit_iou(scenes) -> np.ndarray:
 def overlap_scenes(n: int, low: float, high: float):
     """n scenes whose two-digit scenes all have an ink-box IoU in (low, high], with the 0- and 1-digit scenes in
     the usual shares: drawn with overlap allowed up to ``high``, the two-digit scenes below ``low`` left out."""
-    from attend_infer_repeat.scenes import SceneConfig, make_scenes
+    from attend_infer_repeat.data import SceneConfig, make_scenes
 
     pool = make_scenes("test", 6 * n, SceneConfig(max_overlap=high, seed=SEED))
     iou = _two_digit_iou(pool)
@@ -53,7 +53,7 @@ def overlap_scenes(n: int, low: float, high: float):
 
 
 def scene_sets(n: int) -> dict:
-    from attend_infer_repeat.scenes import SceneConfig, make_scenes
+    from attend_infer_repeat.data import SceneConfig, make_scenes
 
     sets = {f"digits_{s}px": make_scenes("test", n, SceneConfig(digit_size=s, seed=SEED)) for s in SIZES}
     sets["mixed_18-32px"] = make_scenes("test", n, SceneConfig(digit_size=18, max_digit_size=32, seed=SEED))

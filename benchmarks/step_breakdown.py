@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from throughput import interleaved_step_seconds, make_trainer
 
-from attend_infer_repeat.scenes import SceneConfig, make_scenes
+from attend_infer_repeat.data import SceneConfig, make_scenes
 from attend_infer_repeat.train import Data, all_finite
 
 HERE = Path(__file__).resolve().parent

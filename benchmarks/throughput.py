@@ -41,7 +41,7 @@ import torch._dynamo
 from torch.utils.flop_counter import FlopCounterMode
 
 from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
-from attend_infer_repeat.scenes import SceneConfig, make_scenes
+from attend_infer_repeat.data import SceneConfig, make_scenes
 from attend_infer_repeat.train import Data, Trainer
 
 HERE = Path(__file__).resolve().parent

@@ -12,11 +12,12 @@ from attend_infer_repeat import AIR
 from attend_infer_repeat.checkpoint import load_run, save_checkpoint
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.config import MAX_PARAMETERS, ModelConfig, RunConfig, TrainConfig, approximate_parameters
+from attend_infer_repeat.data import SceneConfig, make_scenes
+from attend_infer_repeat.data.scene import MAX_SCENE_BYTES, check_scene_budget
 from attend_infer_repeat.errors import CheckpointError, InputError, OutputError
 from attend_infer_repeat.files import atomic_write, ensure_writable
 from attend_infer_repeat.runlog import MetricsLog
 from attend_infer_repeat.runtime import pick_device
-from attend_infer_repeat.scenes import MAX_SCENE_BYTES, SceneConfig, check_scene_budget, make_scenes
 
 TINY = ["--n-train", "96", "--n-test", "32", "--batch-size", "16", "--lstm-hidden", "16", "--z-what-dim", "4",
         "--eval-every", "2", "--eval-size", "32", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
@@ -139,7 +140,7 @@ def test_the_scene_budget_is_an_estimate_that_admits_the_default_data(tmp_path):
 def test_air_data_max_overlap_reaches_the_scenes(tmp_path, capsys):
     out = tmp_path / "x.npz"
     assert main(["data", str(out), "--n", "8", "--dataset", "sprites", "--max-overlap", "0.2", "--preview-n", "0"]) == 0
-    from attend_infer_repeat.scenes import Scenes
+    from attend_infer_repeat.data import Scenes
     assert Scenes.load(out).config.max_overlap == 0.2
     with pytest.raises(SystemExit):
         main(["data", str(out), "--max-overlap", "2"])
@@ -306,7 +307,7 @@ def test_a_full_disk_inside_the_writer_is_an_output_error_and_other_errors_of_th
 def test_sixteen_and_thirty_two_bit_image_files_are_scaled_by_their_own_range(tmp_path):
     from PIL import Image
 
-    from attend_infer_repeat.images import read_image_file
+    from attend_infer_repeat.data.images import read_image_file
 
     Image.fromarray(np.full((6, 6), 200, np.uint16)).save(tmp_path / "dark16.png")  # dark, not 8-bit data
     assert read_image_file(tmp_path / "dark16.png").pixels.max() == pytest.approx(200 / 65535)
@@ -317,8 +318,8 @@ def test_sixteen_and_thirty_two_bit_image_files_are_scaled_by_their_own_range(tm
 def test_a_folder_that_cannot_be_listed_is_a_data_error(tmp_path, monkeypatch):
     from pathlib import Path
 
+    from attend_infer_repeat.data.images import read_inputs
     from attend_infer_repeat.errors import DataError
-    from attend_infer_repeat.images import read_inputs
 
     def refuse(self):
         raise PermissionError(13, "Permission denied")

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import params, tiny_data, tiny_run
+from helpers import params, tiny_data, tiny_run
 
 from attend_infer_repeat import AIRError, InputError
 from attend_infer_repeat.config import TrainConfig
-from attend_infer_repeat.model import attention
+from attend_infer_repeat.model import attention, compiled_ops
 from attend_infer_repeat.runtime import cxx_compiler_found
 from attend_infer_repeat.train import Trainer
 
@@ -107,7 +107,7 @@ def test_the_compiled_crop_is_eager_crop(tiny_config):
 def test_the_opaque_crop_operators_are_bit_identical_to_eager_crop():
     """The operators the compiled crop uses give exactly eager crop's glimpses and gradients, with and without
     bf16 autocast (called here without compiling, which runs the same kernels)."""
-    if not attention._OPAQUE_OPS:
+    if not compiled_ops.OPAQUE_OPS:
         pytest.skip("torch without torch.library.custom_op: the compiled crop is eager crop")
     torch.manual_seed(0)
     images = torch.rand(16, 1, 50, 50, requires_grad=True)
@@ -116,8 +116,8 @@ def test_the_opaque_crop_operators_are_bit_identical_to_eager_crop():
     def opaque(images, z_where):  # the compiled branch of attention.crop
         theta = attention.crop_theta(z_where, 0.1)
         low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else theta.dtype
-        grid = attention._affine_grid(theta.to(low), images.size(0), 28)
-        return attention._bilinear_sample(images, grid.to(images.dtype))
+        grid = compiled_ops.affine_grid_op(theta.to(low), images.size(0), 28)
+        return compiled_ops.bilinear_sample_op(images, grid.to(images.dtype))
 
     weights = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     for autocast in (False, True):

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import blob_images
 
 from attend_infer_repeat.checkpoint import load_checkpoint
 from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
 from attend_infer_repeat.runtime import rank_seed
 from attend_infer_repeat.train import Data, Trainer
-
-from conftest import blob_images
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with Gloo is not available in this torch build")

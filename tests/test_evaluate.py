@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import blob_images
 
 from attend_infer_repeat.evaluate import (
     box_iou,
@@ -17,8 +18,6 @@ from attend_infer_repeat.evaluate import (
     match_boxes,
 )
 from attend_infer_repeat.model import AIR
-
-from conftest import blob_images
 
 
 def test_iou_of_identical_shifted_and_disjoint_boxes():
@@ -112,7 +111,7 @@ def test_iw_bound_k1_is_the_elbo_and_grows_with_k(tiny_config):
 
 def test_evaluate_on_scenes_scores_frame_and_ink_boxes(tiny_config):
     """A Scenes input is scored against both its frame boxes and its tight ink boxes."""
-    from attend_infer_repeat.scenes import SceneConfig, generate_scenes
+    from attend_infer_repeat.data import SceneConfig, generate_scenes
 
     g = np.random.default_rng(0)
     digits = np.zeros((50, 28, 28), np.uint8)
@@ -128,8 +127,8 @@ def test_evaluate_on_scenes_scores_frame_and_ink_boxes(tiny_config):
 def test_evaluate_reports_drawn_object_boxes_sampled_accuracy_and_traps(tiny_config):
     """Scenes get the boxes of what each object draws scored against the ink boxes, the sampled count accuracy
     E_q[n = n_true] (q(n) exact, averaged over images) beside the deterministic one, and the trap check."""
+    from attend_infer_repeat.data import SceneConfig, generate_scenes
     from attend_infer_repeat.evaluate import seeded
-    from attend_infer_repeat.scenes import SceneConfig, generate_scenes
 
     g = np.random.default_rng(0)
     digits = np.zeros((50, 28, 28), np.uint8)

@@ -19,14 +19,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import idx_bytes
 from PIL import Image
 
 from attend_infer_repeat import AIR, DataError, InputError
-from attend_infer_repeat.images import read_inputs
-from attend_infer_repeat.mnist import read_idx
-from attend_infer_repeat.scenes import SceneConfig, Scenes, generate_scenes
-
-from conftest import idx_bytes
+from attend_infer_repeat.data import SceneConfig, Scenes, generate_scenes
+from attend_infer_repeat.data.images import read_inputs
+from attend_infer_repeat.data.mnist import read_idx
 
 SIZE = 20  # the tiny model's image size
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import blob_images
 
 import attend_infer_repeat
 from attend_infer_repeat.checkpoint import load_checkpoint
 from attend_infer_repeat.config import RunConfig, TrainConfig
-
-from conftest import blob_images
 
 STEPS = 240
 CHECKPOINT_EVERY = 7  # frequent saves: a kill often lands inside one

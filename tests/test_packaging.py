@@ -18,12 +18,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from conftest import untrained_checkpoint
+from helpers import untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 #: what a user's environment needs beside the code: the page air serve shows and the typing marker
-SHIPPED = ("static/index.html", "static/app.js", "static/style.css", "py.typed", "__main__.py", "cli.py")
+SHIPPED = ("static/index.html", "static/app.js", "static/style.css", "py.typed", "__main__.py", "cli/__init__.py")
 
 
 @pytest.fixture(scope="module")

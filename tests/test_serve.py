@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import browser_page, needs_browser, untrained_checkpoint
 from PIL import Image
 
 from attend_infer_repeat.cli import main
-from attend_infer_repeat.images import prepare
+from attend_infer_repeat.data.images import prepare
 from attend_infer_repeat.model import AIR, attention
 from attend_infer_repeat.serve import MAX_BODY_BYTES, Server, Service, bind
-
-from conftest import browser_page, needs_browser, untrained_checkpoint
 
 S = 50
 
@@ -409,7 +408,7 @@ def test_page_in_headless_chromium(server, model, tmp_path):
 
 
 def test_scenes_from_a_file_and_a_file_of_the_wrong_size(model, tmp_path):
-    from attend_infer_repeat.scenes import SceneConfig, Scenes, generate_scenes
+    from attend_infer_repeat.data import SceneConfig, Scenes, generate_scenes
     from attend_infer_repeat.serve import RequestError
 
     digits = np.zeros((20, 28, 28), np.uint8)

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import untrained_checkpoint
 from PIL import Image
 
 import attend_infer_repeat
 from attend_infer_repeat.errors import DataError, InputError
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.serve import Server, Service, bind
-
-from conftest import untrained_checkpoint
 
 S = 50
 DEADLINE = 1.5  # request_seconds of the test server (the default is 10 s)
@@ -358,7 +357,7 @@ def _old_prepare(a: np.ndarray, size: int) -> np.ndarray:
 def test_prepare_memory_follows_the_image_not_its_square():
     """prepare() of a 1x5000 image held a 5000x5000 float square (100 MB; 1x20000 made `air infer` peak at
     1.8 GB); now it costs kilobytes, and its values still equal Pillow's resize of the padded square."""
-    from attend_infer_repeat.images import prepare
+    from attend_infer_repeat.data.images import prepare
 
     line = np.ones((1, 5000), np.float32)
     tracemalloc.start()
@@ -383,7 +382,7 @@ def test_uploads_are_shrunk_in_pillow_and_stay_close_to_the_full_computation():
     the padding and the mapping, and its pixels stay within a couple of grey levels of the full computation."""
     from PIL import ImageDraw
 
-    from attend_infer_repeat.images import prepare, read_image_bytes
+    from attend_infer_repeat.data.images import prepare, read_image_bytes
 
     im = Image.new("L", (1000, 700), 0)
     draw = ImageDraw.Draw(im)
@@ -488,7 +487,7 @@ def test_only_the_promised_formats_are_decoded(server, tmp_path, monkeypatch):
     page promises still works."""
     from PIL import EpsImagePlugin
 
-    from attend_infer_repeat.images import read_image_file
+    from attend_infer_repeat.data.images import read_image_file
 
     called = []
     real_open = EpsImagePlugin.EpsImageFile._open

@@ -1,13 +1,12 @@
 """Every speed-up computes what the straightforward code computes (within float tolerance)."""
 import torch
 import torch.nn as nn
+from helpers import blob_images
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.config import RunConfig, TrainConfig
 from attend_infer_repeat.model.networks import ImageLSTM
 from attend_infer_repeat.train import make_optimizer
-
-from conftest import blob_images
 
 
 def test_image_lstm_equals_lstm_cell_on_the_concatenated_input():

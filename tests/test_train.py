@@ -4,31 +4,12 @@ import signal
 
 import pytest
 import torch
+from helpers import params, tiny_data, tiny_run
 
 from attend_infer_repeat import AIR, CheckpointError
 from attend_infer_repeat.checkpoint import load_checkpoint, save_checkpoint
-from attend_infer_repeat.config import RunConfig, TrainConfig
-from attend_infer_repeat.train import Data, Trainer
-
-from conftest import blob_images
-
-
-def tiny_data(n_train=256, n_test=64):
-    xtr, ctr = blob_images(n_train, seed=1)
-    xte, cte = blob_images(n_test, seed=2)
-    u8 = lambda x: (x[:, 0] * 255).to(torch.uint8)  # noqa: E731
-    return Data(u8(xtr), ctr, u8(xte), cte)
-
-
-def tiny_run(tiny_config, **train):
-    t = dict(steps=6, batch_size=16, lr=1e-3, eval_every=3, eval_size=64, checkpoint_every=2, log_every=1,
-             seed=0, device="cpu")
-    t.update(train)
-    return RunConfig(model=tiny_config, train=TrainConfig(**t))
-
-
-def params(model):
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+from attend_infer_repeat.config import RunConfig
+from attend_infer_repeat.train import Trainer
 
 
 def interrupt_at(trainer, step):

@@ -6,12 +6,15 @@
 """
 __version__ = "0.1.0"
 
+from . import checkpoint as _checkpoint  # noqa: E402
 from .config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from .data import SceneConfig, Scenes  # noqa: E402
 from .errors import AIRError, CheckpointError, DataError, InputError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .model import AIR, InferenceResult  # noqa: E402
 from .report import render_report  # noqa: E402
 
-__all__ = ["AIR", "InferenceResult", "evaluate", "render_report", "ModelConfig", "TrainConfig", "RunConfig",
-           "AIRError", "InputError",
-           "DataError", "CheckpointError", "__version__"]
+AIR.loader = staticmethod(_checkpoint.load_model)
+
+__all__ = ["AIR", "InferenceResult", "Scenes", "SceneConfig", "evaluate", "render_report", "ModelConfig",
+           "TrainConfig", "RunConfig", "AIRError", "InputError", "DataError", "CheckpointError", "__version__"]

@@ -5,6 +5,7 @@ A checkpoint is a dict with a format tag, the full run configuration, the model'
 the optimiser state, the RNG states and the step."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import torch
 from .config import RunConfig
 from .errors import CheckpointError, InputError
 from .files import atomic_write
+from .model import AIR
+from .runtime import pick_device
 
 FORMAT = "attend-infer-repeat/checkpoint"
 VERSION = 1
@@ -77,13 +80,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     """A checkpoint file or run directory -> ``(AIR model in eval mode, RunConfig, training step)``.
 
     The step matters for an annealed count prior: the ELBO is measured against the prior the model had then."""
-    from .model import AIR
-
     p = resolve_checkpoint(path)
     state = load_checkpoint(p)
     config = saved_config(state, p)
-    from .runtime import pick_device
-
     device = pick_device(device) if isinstance(device, str) else device
     model = AIR(config.model)
     weights = state["model"]
@@ -176,3 +175,48 @@ def check_state_dict(model: torch.nn.Module, weights: dict[str, torch.Tensor], p
     detail = state_dict_mismatch(model, weights, path)
     if detail:
         raise CheckpointError(f"{path}: the weights do not fit the model its configuration describes ({detail})")
+
+
+def training_state(trainer) -> dict:
+    """Everything a run needs to continue exactly where it stopped (the contents of last.pt)."""
+    return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(),
+            "step": trainer.step, "train_seconds": trainer.train_s, "best": dict(trainer.best),
+            "skipped_steps": trainer.skipped_steps, "rollbacks": trainer.rollbacks, "lr_scale": trainer.lr_scale,
+            "restarts": json.dumps(trainer.restarts),
+            "rng": {"torch": torch.get_rng_state(), "order": trainer.order_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "data_order": {"perm": trainer.perm, "pos": trainer.pos}}
+
+
+def restore_training(trainer, path: str | Path) -> None:
+    """Put a trainer back where the checkpoint at ``path`` left it; CheckpointError for anything that does not fit."""
+    state = load_checkpoint(path, map_location="cpu")
+    for key in ("optimizer", "step", "rng", "data_order"):
+        if key not in state:
+            raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}'")
+    saved = saved_config(state, path)
+    if saved.model != trainer.cfg.model:
+        raise CheckpointError(f"{path} was trained with another model configuration; resume without "
+                              "changing model options (or start a new run directory)")
+    check_state_dict(trainer.model, state["model"], path)
+    check_finite(state["model"], path)  # never train on (and save as best) the weights of a diverged run
+    try:
+        step, seconds = training_progress(state, path)
+        best, lr_scale = state["best"], float(state.get("lr_scale", 1.0))
+        if not isinstance(best, dict) or not (math.isfinite(lr_scale) and lr_scale > 0) or \
+                not isinstance(state["data_order"], dict):
+            raise ValueError("best, lr_scale or data order out of range")
+        trainer.model.load_state_dict(state["model"])
+        trainer.opt.load_state_dict(state["optimizer"])
+        trainer.step, trainer.train_s, trainer.best = step, seconds, best
+        trainer.skipped_steps = int(state.get("skipped_steps", 0))
+        trainer.rollbacks, trainer.lr_scale = int(state.get("rollbacks", 0)), lr_scale
+        trainer.restarts = json.loads(state.get("restarts", "[]"))
+        torch.set_rng_state(state["rng"]["torch"])
+        trainer.order_gen.set_state(state["rng"]["order"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        trainer.perm, trainer.pos = state["data_order"]["perm"], int(state["data_order"]["pos"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path} cannot be resumed from: its training state is damaged ({type(e).__name__}: "
+                              f"{e}); evaluate best.pt, or start a new run in another --run-dir") from e

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .data.registry import dataset as registered
 from .errors import InputError
 from .model.config import (  # noqa: F401 - ModelConfig and its constants are part of this module's API
     COMPOSITIONS,
@@ -30,7 +31,6 @@ from .model.config import (  # noqa: F401 - ModelConfig and its constants are pa
     approximate_parameters,
     option,
 )
-from .registry import dataset as registered
 
 COMPILE_CHOICES = ("auto", "on", "off")
 #: Upper bounds of the training config's sizes (a typo such as an extra digit gets a clear error, not hours).
@@ -115,7 +115,7 @@ class TrainConfig:
             "training scenes (from the train items; ignored with --data)")
     n_test: int = option(10_000,
             "held-out scenes (from the test items; ignored with --data)")
-    # object size in px; None: the data set's default (registry.py)
+    # object size in px; None: the data set's default (data/registry.py)
     digit_size: int | None = option(None,
             "object size in pixels (default: 28 for mnist as in the paper, 20 for fashion, 10 for sprites)")
     max_digit_size: int | None = option(None,

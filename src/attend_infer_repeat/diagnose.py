@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .evaluate import as_float_batch
 from .model import AIR, eval_mode, ink_boxes
 from .model.attention import where_to_boxes
+from .model.inputs import as_float_batch
 
 #: A present object drawing less than this fraction of the median present object's ink is "blank".
 BLANK_FRACTION = 0.1

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from .checkpoint import load_run  # noqa: F401  (part of this module's API: air eval, report)
+from .data.scene import real_box_rows
+from .diagnose import check_traps
 from .errors import InputError
 from .model import AIR, eval_mode
+from .model.inputs import as_float_batch
 from .model.objective import bernoulli_log_prob, previous_present
-from .scenes import real_box_rows
 
 
 @contextmanager
@@ -25,12 +27,6 @@ def seeded(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def as_float_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) or (B, 1, H, W) -> float (B, 1, H, W) in [0, 1]; float input is passed through."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return x[:, None] if x.dim() == 3 else x
 
 
 @torch.no_grad()
@@ -212,7 +208,7 @@ def importance_log_px(model: AIR, images, k: int = 100, train_step: int = 0,
 
 def _as_eval_data(data) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
     """A Scenes, an images array, or (images, counts[, boxes]) -> (float images, counts or None, boxes or None)."""
-    from .scenes import Scenes
+    from .data.scene import Scenes
 
     if isinstance(data, Scenes):
         return data.float_images(), np.asarray(data.counts), np.asarray(data.boxes)
@@ -244,7 +240,7 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
              train_step: int = 0, seed: int = 0, iou_threshold: float = 0.5) -> dict:
     """Everything ``air eval`` reports, as a JSON-ready dict.
 
-    ``data``: a :class:`~attend_infer_repeat.scenes.Scenes`, an image array (unlabelled: only the density
+    ``data``: a :class:`~attend_infer_repeat.data.Scenes`, an image array (unlabelled: only the density
     metrics and the distribution of found counts), or ``(images, counts[, boxes])``. Count and box metrics use
     deterministic inference (as ``air infer``); the ELBO is the single-sample estimate per image, averaged; the
     importance-weighted log p(x) uses ``iw_samples`` samples on the first ``iw_images`` images (None: all;
@@ -275,7 +271,7 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
         out["confusion"] = cm.tolist()
     if boxes is not None:
         out["localisation"] = localisation_metrics([b.numpy() for b in result.boxes], boxes, iou_threshold)
-    from .scenes import Scenes
+    from .data.scene import Scenes
 
     if isinstance(data, Scenes):  # also against the tight ink boxes: the windows AIR learns frame the ink, and
         # the boxes of what each object draws (a square window cannot fit a thin digit's box, a drawn "1" can)
@@ -308,8 +304,6 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
             out["iw_images"] = m
             out["elbo_on_iw_images"] = float(elbo_t[:m].mean())
             out["iw_seconds"] = round(time.perf_counter() - t1, 2)
-    from .diagnose import check_traps
-
     with seeded(seed, dev):
         traps = check_traps(model, x, batch_size=batch_size)
     out["traps"], out["trap_rates"] = traps["traps"], traps["rates"]
@@ -380,7 +374,7 @@ def run_test_scenes(cfg, n: int | None = None):
     """The held-out scenes of a run (the ones ``air train`` scored: for generated data sets the test items,
     seed data_seed + 1, the run's canvas, object size and counts, generated once and cached; for the user's
     images their held-out part, unlabelled ones as a float32 (N, H, W) array in [0, 1]); the first ``n``."""
-    from .datasets import run_test_data
+    from .data.datasets import run_test_data
 
     data = run_test_data(cfg)
     return take_scenes(data, n) if hasattr(data, "counts") else data[:n].astype(np.float32) / 255.0
@@ -389,12 +383,12 @@ def run_test_scenes(cfg, n: int | None = None):
 def load_eval_data(spec, model: AIR, cfg, n: int | None = None, invert: str = "auto"):
     """What to evaluate on: ``None`` -> the run's own held-out scenes; a scene ``.npz`` that ``air data`` wrote
     -> those scenes (labels and boxes); any other image files, folders or arrays -> unlabelled images prepared
-    as ``air infer`` prepares them (see :mod:`attend_infer_repeat.images`). Returns a Scenes or a float array."""
+    as ``air infer`` prepares them (see :mod:`attend_infer_repeat.data.images`). Returns a Scenes or a float array."""
     from pathlib import Path
 
-    from .datasets import is_scene_file
-    from .images import prepare, read_inputs
-    from .scenes import Scenes
+    from .data.datasets import is_scene_file
+    from .data.images import prepare, read_inputs
+    from .data.scene import Scenes
 
     if spec is None:
         return run_test_scenes(cfg, n)

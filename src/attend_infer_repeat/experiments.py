@@ -190,7 +190,7 @@ class GeneralisationConfig:
 def unseen_count_scenes(cfg: GeneralisationConfig, count: int, setting: str):
     """Held-out scenes (MNIST test digits) that all hold ``count`` digits, drawn like ``setting``'s training
     scenes."""
-    from .scenes import SceneConfig, load_or_make_scenes
+    from .data import SceneConfig, load_or_make_scenes
 
     sc = SceneConfig(canvas_size=cfg.model.image_size, digit_size=cfg.scenes(setting)[1], counts=(count,),
                      seed=cfg.data_seed + 2)
@@ -523,7 +523,7 @@ def task_scenes(task: str, split: str, n: int, model_cfg: ModelConfig, digit_siz
                 data_dir: str | None = None):
     """Labelled scenes for a task: 0-2 digits for ``sum``, exactly 2 for ``ascending`` (the order of fewer
     digits is not defined). Returns (scenes, labels, n_classes)."""
-    from .scenes import SceneConfig, load_or_make_scenes
+    from .data import SceneConfig, load_or_make_scenes
 
     counts = (0, 1, 2) if task == "sum" else (2,)
     sc = SceneConfig(canvas_size=model_cfg.image_size, digit_size=digit_size, counts=counts, seed=seed)

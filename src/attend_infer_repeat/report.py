@@ -249,7 +249,7 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     else:
         sections.append("<h2>Training</h2><p>No metrics.jsonl in this run directory: no curves.</p>")
     # 4. confusion and metrics
-    from .datasets import describe
+    from .data.datasets import describe
 
     trained_on = describe(cfg)
     shown = "the run's held-out part" if data is None else (

@@ -130,3 +130,27 @@ def cxx_compiler_found() -> bool:
 def peak_rss_gib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 30 if sys.platform == "darwin" else rss / 2 ** 20
+
+
+def leave_group(joined: bool) -> bool:
+    """The end of a distributed run, once its DDP wrapper is dropped: free the reducer (it holds the process
+    group) and leave the group this process joined (``joined``), while the interpreter is fully alive. Left to
+    interpreter exit, Gloo's threads can outlive their owner and abort the process ("terminate called without an
+    active exception"). Returns whether the process is still in a group it joined (no)."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()  # the reducer sits in reference cycles: free it now, not at exit
+    if joined and dist.is_initialized():
+        dist.destroy_process_group()
+    return False
+
+
+def all_agree(flag: bool, device: torch.device, op: str = "max") -> bool:
+    """Combine a yes/no across the processes of a distributed run (max: anyone says yes; min: everyone does)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+    return bool(t.item() > 0)

@@ -58,8 +58,8 @@ from urllib.parse import unquote
 import numpy as np
 import torch
 
+from .data.images import FORMAT_NAMES, IMAGE_FORMATS
 from .errors import AIRError, DataError, InputError
-from .images import FORMAT_NAMES, IMAGE_FORMATS
 from .model import attention
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Service:
         At most DECODES_AT_ONCE uploads are decoded at a time, each shrunk inside Pillow (8-bit) to at most
         SHRINK_FACTOR x the model's side first, so memory does not grow with the number of uploads or with
         the image's shape."""
-        from .images import INVERT_CHOICES, prepare, read_image_bytes
+        from .data.images import INVERT_CHOICES, prepare, read_image_bytes
 
         if invert not in INVERT_CHOICES:
             raise RequestError(f"invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
@@ -238,8 +238,8 @@ class Service:
             return self._scenes
 
     def _load_scenes(self) -> SceneBank:
-        from .registry import scene_dataset
-        from .scenes import SceneConfig, Scenes, generate_scenes, make_scenes
+        from .data import SceneConfig, Scenes, generate_scenes, make_scenes
+        from .data.registry import scene_dataset
 
         size = self.size
         if self.scenes_path is not None:
@@ -248,11 +248,11 @@ class Service:
                 raise DataError(f"{self.scenes_path}: scenes are {s.images.shape[1]}x{s.images.shape[2]}, the model "
                                 f"works on {size}x{size}")
             return SceneBank(s.images, s.counts, s.boxes, str(self.scenes_path))
-        from .mnist import load_items
+        from .data.mnist import load_items
 
         rc = self.run_config
         if rc is not None and rc.train.dataset != "files":  # scenes like the run's held-out ones
-            from .datasets import scene_config
+            from .data.datasets import scene_config
 
             config = dataclasses.replace(scene_config(rc, "test"), seed=0)
         else:  # no run configuration, or a run on the user's own (uncounted) images: multi-MNIST

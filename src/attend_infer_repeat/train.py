@@ -15,32 +15,40 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import (
     atomic_write_bytes,
-    check_finite,
-    check_state_dict,
     initial_weights,
     load_checkpoint,
+    restore_training,
     save_checkpoint,
-    saved_config,
-    training_progress,
+    training_state,
 )
 from .config import RunConfig
 from .diagnose import RESTART_TRAPS
 from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import AIR
+from .run_setup import (  # noqa: F401 - Data, all_finite, make_optimizer and _rank_key are read from here too
+    Data,
+    _rank_key,
+    all_finite,
+    attempt_seed,
+    best_without_last,
+    default_run_dir,
+    load_data,
+    make_optimizer,
+)
 from .runlog import MetricsLog, Progress
 from .runtime import (
     LossModule,
+    all_agree,
     cxx_compiler_found,
     init_distributed,
+    leave_group,
     peak_rss_gib,
     pick_device,
     rank_seed,
@@ -270,13 +278,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def state(self) -> dict:
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "step": self.step, "train_seconds": self.train_s, "best": dict(self.best),
-                "skipped_steps": self.skipped_steps, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                "restarts": json.dumps(self.restarts),
-                "rng": {"torch": torch.get_rng_state(), "order": self.order_gen.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                "data_order": {"perm": self.perm, "pos": self.pos}}
+        return training_state(self)
 
     def save(self, name: str) -> Path:
         path = self.run_dir / name
@@ -285,62 +287,18 @@ class Trainer:
         return path
 
     def leave_group(self) -> None:
-        """The end of a distributed run: release DDP (its reducer holds the process group) and leave the group
-        this trainer joined, while the interpreter is fully alive. Left to interpreter exit, Gloo's threads
-        can outlive their owner and abort the process ("terminate called without an active exception")."""
+        """The end of a distributed run (see runtime.leave_group)."""
         if self.ddp is None:
             return
-        import gc
-
-        import torch.distributed as dist
-
         self.ddp = None
-        gc.collect()  # the reducer sits in reference cycles: free it now, not at exit
-        if self._joined_group and dist.is_initialized():
-            dist.destroy_process_group()
-        self._joined_group = False
+        self._joined_group = leave_group(self._joined_group)
 
     def all_agree(self, flag: bool, op: str = "max") -> bool:
         """Combine a yes/no across processes (max: anyone says yes; min: everyone says yes)."""
-        if self.world == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
-        return bool(t.item() > 0)
+        return flag if self.world == 1 else all_agree(flag, self.device, op)
 
     def restore(self, path: str | Path) -> None:
-        state = load_checkpoint(path, map_location="cpu")
-        for key in ("optimizer", "step", "rng", "data_order"):
-            if key not in state:
-                raise CheckpointError(f"{path} cannot be resumed from: it has no '{key}'")
-        saved = saved_config(state, path)
-        if saved.model != self.cfg.model:
-            raise CheckpointError(f"{path} was trained with another model configuration; resume without "
-                                  "changing model options (or start a new run directory)")
-        check_state_dict(self.model, state["model"], path)
-        check_finite(state["model"], path)  # never train on (and save as best) the weights of a diverged run
-        try:
-            step, seconds = training_progress(state, path)
-            best, lr_scale = state["best"], float(state.get("lr_scale", 1.0))
-            if not isinstance(best, dict) or not (math.isfinite(lr_scale) and lr_scale > 0) or \
-                    not isinstance(state["data_order"], dict):
-                raise ValueError("best, lr_scale or data order out of range")
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
-            self.step, self.train_s, self.best = step, seconds, best
-            self.skipped_steps = int(state.get("skipped_steps", 0))
-            self.rollbacks, self.lr_scale = int(state.get("rollbacks", 0)), lr_scale
-            self.restarts = json.loads(state.get("restarts", "[]"))
-            torch.set_rng_state(state["rng"]["torch"])
-            self.order_gen.set_state(state["rng"]["order"])
-            if state["rng"]["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            self.perm, self.pos = state["data_order"]["perm"], int(state["data_order"]["pos"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise CheckpointError(f"{path} cannot be resumed from: its training state is damaged ({type(e).__name__}: "
-                                  f"{e}); evaluate best.pt, or start a new run in another --run-dir") from e
+        restore_training(self, path)
 
     # ------------------------------------------------------------------------------------------- one step
     def autocast(self):
@@ -539,85 +497,6 @@ class Trainer:
             print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
         return signal.signal(signal.SIGINT, handler)
-
-
-def attempt_seed(seed: int, attempt: int) -> int:
-    """The initialisation seed of a run's attempt after ``attempt`` restarts (0: the run's own seed)."""
-    return seed + 100_003 * attempt
-
-
-@dataclass
-class Data:
-    """Training and held-out scenes as in-memory tensors (uint8 images, int64 counts; counts are None for
-    unlabelled images, which train the same way but have no count accuracy)."""
-
-    train_images: torch.Tensor
-    train_counts: torch.Tensor | None
-    test_images: torch.Tensor
-    test_counts: torch.Tensor | None
-
-
-def load_data(cfg: RunConfig) -> Data:
-    """The run's data set (``cfg.train.dataset``, see datasets.py): generated scenes (multi-MNIST by default,
-    built from real MNIST on first use and cached), or the user's own images with a held-out part."""
-    from .datasets import run_data
-
-    def tensors(part):
-        if hasattr(part, "counts"):
-            return torch.from_numpy(part.images), torch.from_numpy(part.counts).long()
-        return torch.from_numpy(np.ascontiguousarray(part)), None
-
-    train, test = run_data(cfg)
-    return Data(*tensors(train), *tensors(test))
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite, from one sum per tensor.
-
-    A sum is NaN or infinite whenever any element is (NaN propagates; +inf and -inf together give NaN), so this
-    never lets a non-finite gradient through. A sum of finite values that overflows fp32 also reads as non-finite:
-    such a step is skipped too. One pass over the gradients: 1.0 against 1.6 ms for their norms per batch-64 CPU
-    step (``benchmarks/step_breakdown.py``, alternating on the same gradients)."""
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum()))
-
-
-def make_optimizer(model: AIR, cfg: RunConfig) -> torch.optim.Optimizer:
-    """Adam with two parameter groups: model + guide at ``lr``, the NVIL baseline at ``baseline_lr``."""
-    baseline = [p for n, p in model.named_parameters() if n.startswith("baseline.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("baseline.")]
-    groups = [{"params": rest, "lr": cfg.train.lr, "name": "model"}]
-    if baseline:  # the score-function estimator's baseline (the enumerated ELBO has none)
-        groups.append({"params": baseline, "lr": cfg.train.baseline_lr, "name": "baseline"})
-    # The fused kernel does the same update in one pass over memory: with ~6M parameters, most of them in
-    # the two 2,500-pixel input projections, that is a large share of a CPU step (benchmarks/README.md).
-    device = next(model.parameters()).device
-    if device.type in ("cpu", "cuda"):
-        try:
-            return torch.optim.Adam(groups, fused=True)
-        except (RuntimeError, TypeError):  # an older torch without fused CPU Adam
-            pass
-    return torch.optim.Adam(groups)
-
-
-def _rank_key(ev: dict) -> tuple[float, float]:
-    """What "best" means: held-out count accuracy, then ELBO (the ELBO alone where images have no counts)."""
-    acc, elbo = ev["count_acc"], ev["elbo"]
-    if elbo != elbo or (acc is not None and acc != acc):  # a diverged evaluation never replaces a good best.pt
-        return (-2.0, -math.inf)
-    return (-1.0 if acc is None else acc, elbo)
-
-
-def best_without_last(run_dir: Path) -> CheckpointError:
-    """The error for a run directory that holds best.pt but no last.pt: what still works, and what to do."""
-    return CheckpointError(f"{run_dir} holds best.pt but no last.pt, so its run cannot be continued (last.pt holds "
-                           "the optimiser and RNG state); best.pt still works with 'air eval', 'air infer' and 'air "
-                           "serve'. To train, choose another --run-dir (or move best.pt away)")
-
-
-def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("air-%Y%m%d-%H%M%S")
 
 
 __all__ = ["Trainer", "train", "load_data", "pick_device", "default_run_dir"]

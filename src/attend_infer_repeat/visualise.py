@@ -16,8 +16,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .data.scene import real_box_rows
 from .errors import InputError
-from .scenes import real_box_rows
 
 #: One colour per box index (slot 0 red, slot 1 green, ...), repeating when there are more boxes.
 DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (

@@ -473,8 +473,12 @@ class AIR(nn.Module):
                 out.append(count_log_probs(q.z_pres_logit).exp().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.config.max_steps + 1)
 
+    #: reads a checkpoint file into a model: the checkpoint format belongs to the package, not to the paper's
+    #: model, so ``attend_infer_repeat/__init__.py`` installs ``checkpoint.load_model`` here (the model package
+    #: never imports the rest of the package)
+    loader = None
+
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "AIR":
         """Load a model from any checkpoint ``air train`` wrote (loaded safely, without running code)."""
-        from ..checkpoint import load_model  # reading files is the package's job, not the model's
-        return load_model(path, device=device)
+        return cls.loader(path, device=device)

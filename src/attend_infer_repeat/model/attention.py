@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .compiled_ops import OPAQUE_OPS, affine_grid_op, bilinear_sample_op, compiling, grid_sample
+
 
 def safe_zoom(s: torch.Tensor, min_zoom: float = 0.1) -> torch.Tensor:
     """|s| floored at ``min_zoom`` with the sign kept: 1/s stays finite for windows of any size."""
@@ -42,82 +44,17 @@ def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom
     bf16, so the sampling positions are rounded to bf16. The default's reliability was measured with exactly
     this; a crop with an fp32 grid, tried as a faster replacement, trained worse and was not kept
     (benchmarks/README.md, "what was tried"). Under torch.compile the same ATen kernels run, with the same
-    rounding, through two opaque operators (below)."""
+    rounding, through two opaque operators (:mod:`.compiled_ops`)."""
     theta = crop_theta(z_where, min_zoom)
-    if _OPAQUE_OPS and _compiling():
+    if OPAQUE_OPS and compiling():
         # the matrices in the precision autocast would give affine_grid's product; the grid in the images'
         # precision, as autocast gives grid_sample (which it runs in fp32)
         device = images.device.type
         low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else theta.dtype
-        grid = _affine_grid(theta.to(low), images.size(0), window_size)
-        return _bilinear_sample(images, grid.to(images.dtype))
+        grid = affine_grid_op(theta.to(low), images.size(0), window_size)
+        return bilinear_sample_op(images, grid.to(images.dtype))
     grid = F.affine_grid(theta, [images.size(0), 1, window_size, window_size], align_corners=False)
-    return _grid_sample(images, grid)
-
-
-def _grid_sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
-
-
-_OPAQUE_OPS = hasattr(torch.library, "custom_op")  # torch >= 2.4
-
-if _OPAQUE_OPS:
-    # Under torch.compile: grid_sample as one opaque operator, so that the compiled step calls ATen's kernels for it
-    # (forward and backward) instead of decomposing it. TorchInductor's decomposed CPU grid_sample was ~10x slower
-    # (1.5 ms against ~0.1 ms per glimpse batch at batch 128) and took most of what compiling the step gained.
-    # Eager code calls grid_sample directly (the operator's dispatch would cost ~1% of an eager step); both give
-    # the same numbers bit for bit (tests/test_compile.py).
-    @torch.library.custom_op("attend_infer_repeat::bilinear_sample", mutates_args=())
-    def _bilinear_sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return _grid_sample(images, grid)
-
-    @_bilinear_sample.register_fake
-    def _(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return images.new_empty(images.size(0), images.size(1), grid.size(1), grid.size(2))
-
-    def _save_inputs(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-        ctx.images_need_grad = inputs[0].requires_grad
-
-    def _bilinear_sample_backward(ctx, grad: torch.Tensor):
-        images, grid = ctx.saved_tensors
-        # interpolation 0 = bilinear, padding 0 = zeros, align_corners False: exactly F.grid_sample's backward
-        d_images, d_grid = torch.ops.aten.grid_sampler_2d_backward(
-            grad.contiguous(), images, grid, 0, 0, False, [ctx.images_need_grad, True])
-        return (d_images if ctx.images_need_grad else None), d_grid
-
-    _bilinear_sample.register_autograd(_bilinear_sample_backward, setup_context=_save_inputs)
-
-    # Under torch.compile: the sampling grid from ATen's kernel too. TorchInductor's own kernel for it took 0.4 ms
-    # per glimpse batch at batch 64 (against ~20 us), and it fused everything theta is computed from into it.
-    @torch.library.custom_op("attend_infer_repeat::affine_grid", mutates_args=())
-    def _affine_grid(theta: torch.Tensor, batch: int, size: int) -> torch.Tensor:
-        if theta.dtype in (torch.float32, torch.float64):
-            return F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
-        # low precision: the product in theta's precision from a base grid built in fp32, which is what autocast
-        # makes of F.affine_grid on fp32 matrices (affine_grid on bf16 matrices builds its base grid in bf16)
-        lin = torch.linspace(-1, 1, size, device=theta.device) * ((size - 1) / size)  # pixel centres
-        base = torch.stack(torch.broadcast_tensors(lin[None, :], lin[:, None], torch.ones_like(lin[:, None])), -1)
-        base = base.view(1, size * size, 3).to(theta.dtype).expand(batch, -1, -1)
-        return torch.bmm(base, theta.transpose(1, 2)).view(batch, size, size, 2)
-
-    @_affine_grid.register_fake
-    def _(theta: torch.Tensor, batch: int, size: int) -> torch.Tensor:
-        return theta.new_empty(batch, size, size, 2)
-
-    def _save_size(ctx, inputs, output) -> None:
-        ctx.size, ctx.dtype = [inputs[1], 1, inputs[2], inputs[2]], inputs[0].dtype
-
-    def _affine_grid_backward(ctx, grad: torch.Tensor):
-        d_theta = torch.ops.aten.affine_grid_generator_backward(grad.to(ctx.dtype).contiguous(), ctx.size, False)
-        return d_theta, None, None
-
-    _affine_grid.register_autograd(_affine_grid_backward, setup_context=_save_size)
+    return grid_sample(images, grid)
 
 
 def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoom: float = 0.1) -> torch.Tensor:

@@ -56,7 +56,7 @@ class ModelConfig:
     decoder_hidden: int = 200  # what-decoder MLP
     predict_hidden: int = 200  # MLP from the LSTM state to the z_pres and z_where parameters
     # Difference AIR: each step sees the image minus the canvas drawn so far. None: the data set's default, which
-    # a RunConfig fills in (registry.py: DAIR for sprites); plain AIR for a model built on its own
+    # a RunConfig fills in (data/registry.py: DAIR for sprites); plain AIR for a model built on its own
     dair: bool | None = option(None,
             "Difference AIR: each step sees image minus canvas so far (default: on for --dataset sprites, where plain "
             "AIR stacks its steps on one shape; off otherwise)")

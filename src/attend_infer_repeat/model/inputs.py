@@ -7,6 +7,13 @@ import torch
 
 from ..errors import InputError
 
+
+def as_float_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) or (B, 1, H, W) -> float (B, 1, H, W) in [0, 1]; float input is passed through."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return x[:, None] if x.dim() == 3 else x
+
+
 _HOW = "pass a float tensor/array (B, 1, H, W) or (B, H, W) with values in [0, 1], or uint8 values in 0..255"
 
 

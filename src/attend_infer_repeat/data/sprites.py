@@ -1,5 +1,5 @@
 """Procedural sprites: grey canvases with a few simple shapes (squares, triangles, circles) of random size,
-position and brightness, drawn on the fly with their ground truth, in the same :class:`~.scenes.Scenes` format as
+position and brightness, drawn on the fly with their ground truth, in the same :class:`~.scene.Scenes` format as
 multi-MNIST (so ``air train``, ``air eval`` and the report work on them unchanged).
 
 Each shape fills a ``size x size`` frame: a square fills it; a circle is the disc inscribed in it; a triangle
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .layout import any_overlap, draw_positions, ink_box_in_patch, split_key
 
 #: The shape classes, by label.
@@ -47,16 +47,9 @@ def shape_masks(kind: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray
     return inside & np.where(k == 0, True, np.where(k == 1, triangle, circle))
 
 
-def generate_sprites(n: int, config, split: str = "train"):
-    """``n`` sprite scenes drawn with ``config`` (a :class:`~.scenes.SceneConfig`; its ``digit_size`` ..
-    ``max_digit_size`` are the shape sizes) as a :class:`~.scenes.Scenes`."""
-    from .scenes import SceneConfig, Scenes, check_scene_budget
-
-    if not isinstance(config, SceneConfig):
-        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
-    check_scene_budget(int(n), config)
+def draw_sprites(n: int, config, split: str = "train") -> dict:
+    """The arrays of ``n`` sprite scenes drawn with ``config`` (a checked :class:`~.scene.SceneConfig`; its
+    ``digit_size`` .. ``max_digit_size`` are the shape sizes); :func:`~.scenes.generate_sprites` wraps them."""
     n, k, canvas = int(n), config.max_count, config.canvas_size
     rng = np.random.default_rng([config.seed, split_key(split), 2])
     counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
@@ -91,6 +84,6 @@ def generate_sprites(n: int, config, split: str = "train"):
             ink[on, j] = ink_box_in_patch(m)  # the tight box of the shape's pixels on the canvas
     frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).astype(np.float32)
     pad = ~active[..., None]
-    return Scenes(images=images, counts=counts.astype(np.int64), boxes=np.where(pad, np.float32(-1), frames),
-                  ink_boxes=np.where(pad, np.float32(-1), ink.astype(np.float32)),
-                  labels=np.where(active, kind, -1).astype(np.int64), config=config, split=split)
+    return dict(images=images, counts=counts.astype(np.int64), boxes=np.where(pad, np.float32(-1), frames),
+                ink_boxes=np.where(pad, np.float32(-1), ink.astype(np.float32)),
+                labels=np.where(active, kind, -1).astype(np.int64))

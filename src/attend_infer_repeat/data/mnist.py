@@ -43,8 +43,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import DataError, InputError
-from .files import atomic_write  # noqa: F401  (re-exported for scenes.py)
+from ..errors import DataError, InputError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 

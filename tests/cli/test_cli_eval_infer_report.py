@@ -7,17 +7,16 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from helpers import blob_images, browser_page, needs_browser
 from PIL import Image
 
 from attend_infer_repeat.checkpoint import save_checkpoint
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.config import RunConfig, TrainConfig
-from attend_infer_repeat.images import prepare
+from attend_infer_repeat.data import SceneConfig, Scenes
+from attend_infer_repeat.data.images import prepare
 from attend_infer_repeat.model import AIR
 from attend_infer_repeat.report import render_report
-from attend_infer_repeat.scenes import SceneConfig, Scenes
-
-from conftest import blob_images, browser_page, needs_browser
 
 
 @pytest.fixture

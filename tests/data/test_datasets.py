@@ -14,20 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import idx_bytes, write_idx
 from PIL import Image
 
-from attend_infer_repeat import mnist
 from attend_infer_repeat.checkpoint import load_checkpoint
 from attend_infer_repeat.cli import main
 from attend_infer_repeat.config import RunConfig
+from attend_infer_repeat.data import SceneConfig, Scenes, generate_sprites, make_scenes, mnist
+from attend_infer_repeat.data.mnist import IDX_FILES, load_fashion_mnist, load_mnist
+from attend_infer_repeat.data.sprites import shape_masks
 from attend_infer_repeat.errors import DataError, InputError
 from attend_infer_repeat.evaluate import evaluate
-from attend_infer_repeat.mnist import IDX_FILES, load_fashion_mnist, load_mnist
 from attend_infer_repeat.model import AIR
-from attend_infer_repeat.scenes import SceneConfig, Scenes, make_scenes
-from attend_infer_repeat.sprites import generate_sprites, shape_masks
-
-from conftest import idx_bytes, write_idx
 
 TINY = ["--batch-size", "8", "--lstm-hidden", "16", "--z-what-dim", "4", "--window-size", "8",
         "--eval-every", "2", "--eval-size", "8", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
@@ -369,7 +367,7 @@ def test_air_train_bad_data_gives_a_clear_error(tmp_path, capsys):
 
 def test_torch_state_is_untouched_by_reading_user_data(tmp_path):
     """Carving the held-out part uses its own seeded generator, not torch's or numpy's global RNG."""
-    from attend_infer_repeat.datasets import split_user_data
+    from attend_infer_repeat.data.datasets import split_user_data
 
     state = torch.get_rng_state()
     np_state = np.random.get_state()[1].copy()
@@ -400,8 +398,8 @@ def test_the_registry_feeds_the_defaults_the_cli_and_python_alike():
     DAIR), an explicit choice is kept, and air's --dataset choices are the registry's generated data sets."""
     from attend_infer_repeat.cli import build_parser
     from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
+    from attend_infer_repeat.data.registry import DATASETS, SCENE_DATASETS, dataset
     from attend_infer_repeat.errors import InputError
-    from attend_infer_repeat.registry import DATASETS, SCENE_DATASETS, dataset
 
     assert RunConfig(train=TrainConfig(dataset="sprites")).model.dair is True
     assert RunConfig(train=TrainConfig(dataset="mnist")).model.dair is False

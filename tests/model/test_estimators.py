@@ -8,13 +8,12 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import blob_images
 from torch.distributions import Bernoulli, Categorical, Normal, kl_divergence
 
 from attend_infer_repeat import AIR
 from attend_infer_repeat.model import GuideOutput
 from attend_infer_repeat.model.objective import count_log_probs
-
-from conftest import blob_images
 
 
 def small_model(tiny_config, **options) -> AIR:
