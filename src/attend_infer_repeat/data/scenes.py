@@ -73,11 +73,7 @@ def make_scenes(
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
     config = config if config is not None else SceneConfig()
-    if not isinstance(config, SceneConfig):
-        raise InputError(f"config must be a SceneConfig, got {type(config).__name__}")
-    if not is_int(n) or n < 0:
-        raise InputError(f"n (number of scenes) must be a non-negative integer, got {n!r}")
-    check_scene_budget(n, config)  # before loading (or downloading) anything
+    _check(n, config, split)  # before loading (or downloading) anything
     d = scene_dataset(config.dataset)
     items = None if d.items is None else \
         load_items(d.items, split, data_dir=data_dir, download=download, cache_dir=cache_dir)
