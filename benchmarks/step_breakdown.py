@@ -9,7 +9,7 @@ interleaved times compare), median block reported:
   * ``no_image_projections``: those projections replaced by zeros: frozen minus this is their forward.
 These are ablations for measuring, not models to train. Also timed, alternating on the same real gradients:
 the gradient finiteness check as norms of every gradient (the earlier rule) and as one sum per gradient
-(``train.all_finite``, the current one).
+(``run_setup.all_finite``, the current one).
 
 usage: python benchmarks/step_breakdown.py [--blocks 20] [--threads 2] [--precision bf16] [--out FILE]
 """
@@ -26,7 +26,7 @@ import torch
 from throughput import interleaved_step_seconds, make_trainer
 
 from attend_infer_repeat.data import SceneConfig, make_scenes
-from attend_infer_repeat.train import Data, all_finite
+from attend_infer_repeat.run_setup import Data, all_finite
 
 HERE = Path(__file__).resolve().parent
 

@@ -381,7 +381,7 @@ def test_bad_optional_train_options_get_one_line(tmp_path, capsys, argv, expecte
 
 
 def test_a_nan_evaluation_never_becomes_best():
-    from attend_infer_repeat.train import _rank_key
+    from attend_infer_repeat.run_setup import _rank_key
 
     good = {"count_acc": 0.3, "elbo": 100.0}
     for bad in ({"count_acc": 0.9, "elbo": math.nan}, {"count_acc": math.nan, "elbo": 200.0},

@@ -87,3 +87,13 @@ def test_no_module_of_the_package_imports_itself_back_not_even_inside_a_function
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
+
+
+#: A module a reader can hold in mind at once (the layout issue asked for about 450 lines at most).
+MAX_MODULE_LINES = 470
+
+
+def test_no_module_of_the_package_is_longer_than_a_reader_can_hold_at_once():
+    long = {str(p.relative_to(PACKAGE)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these modules (lines): {long}"

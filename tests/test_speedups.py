@@ -6,7 +6,7 @@ from helpers import blob_images
 from attend_infer_repeat import AIR
 from attend_infer_repeat.config import RunConfig, TrainConfig
 from attend_infer_repeat.model.networks import ImageLSTM
-from attend_infer_repeat.train import make_optimizer
+from attend_infer_repeat.run_setup import make_optimizer
 
 
 def test_image_lstm_equals_lstm_cell_on_the_concatenated_input():

@@ -287,7 +287,7 @@ def test_a_cpu_trainer_keeps_large_freed_blocks_instead_of_faulting_them_in_agai
 
 
 def test_all_finite_catches_every_kind_of_non_finite_value():
-    from attend_infer_repeat.train import all_finite
+    from attend_infer_repeat.run_setup import all_finite
 
     ok = [torch.randn(50, 40), torch.randn(7), torch.randn(3).bfloat16()]
     assert all_finite(ok) and all_finite([])

@@ -12,7 +12,7 @@ import torch
 
 from .config import RunConfig
 from .data.datasets import run_data
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .model import AIR
 
 
@@ -87,6 +87,25 @@ def best_without_last(run_dir: Path) -> CheckpointError:
     return CheckpointError(f"{run_dir} holds best.pt but no last.pt, so its run cannot be continued (last.pt holds "
                            "the optimiser and RNG state); best.pt still works with 'air eval', 'air infer' and 'air "
                            "serve'. To train, choose another --run-dir (or move best.pt away)")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, is_main: bool) -> None:
+    """Create ``run_dir``, or refuse one that holds another run (unless resuming it) or a best.pt alone; the first
+    process deletes the temporary files of writes a killed process never finished."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the run directory {run_dir}: {e.strerror or e}; choose "
+                              "a writable folder with --run-dir") from e
+    existing = [n for n in ("last.pt", "metrics.jsonl", "best.pt") if (run_dir / n).exists()]
+    if "best.pt" in existing and "last.pt" not in existing:
+        raise best_without_last(run_dir)
+    if existing and not resume:  # never mix two runs' curves or overwrite a run's checkpoints
+        raise InputError(f"{run_dir} already holds a run ({', '.join(existing)}): continue it with "
+                         "--resume, or start a new run in another --run-dir (or delete that folder first)")
+    if is_main:  # only the first process writes, so only it can have left them
+        for stale in run_dir.glob(".*.part"):
+            stale.unlink(missing_ok=True)
 
 
 def default_run_dir() -> Path:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import re
 import resource
+import signal
 import sys
+import threading
 
 import torch
 import torch.nn as nn
@@ -154,3 +156,19 @@ def all_agree(flag: bool, device: torch.device, op: str = "max") -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
     return bool(t.item() > 0)
+
+
+def catch_ctrl_c(trainer):
+    """The first Ctrl-C sets ``trainer.stop_requested``, so the loop stops after the step in progress (and the
+    checkpoint and the metrics file agree exactly); a second one interrupts at once. Returns the handler to put
+    back (None outside the main thread, where signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    return signal.signal(signal.SIGINT, handler)

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,24 +27,16 @@ from .checkpoint import (
     training_state,
 )
 from .config import RunConfig
-from .diagnose import RESTART_TRAPS
+from .diagnose import RESTART_TRAPS, check_traps
 from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import AIR
-from .run_setup import (  # noqa: F401 - Data, all_finite, make_optimizer and _rank_key are read from here too
-    Data,
-    _rank_key,
-    all_finite,
-    attempt_seed,
-    best_without_last,
-    default_run_dir,
-    load_data,
-    make_optimizer,
-)
+from .run_setup import Data, _rank_key, all_finite, attempt_seed, load_data, make_optimizer, prepare_run_dir
 from .runlog import MetricsLog, Progress
 from .runtime import (
     LossModule,
     all_agree,
+    catch_ctrl_c,
     cxx_compiler_found,
     init_distributed,
     leave_group,
@@ -133,20 +124,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict:
         t = self.cfg.train
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}; choose "
-                                  "a writable folder with --run-dir") from e
-        existing = [n for n in ("last.pt", "metrics.jsonl", "best.pt") if (self.run_dir / n).exists()]
-        if "best.pt" in existing and "last.pt" not in existing:
-            raise best_without_last(self.run_dir)
-        if existing and not resume:  # never mix two runs' curves or overwrite a run's checkpoints
-            raise InputError(f"{self.run_dir} already holds a run ({', '.join(existing)}): continue it with "
-                             "--resume, or start a new run in another --run-dir (or delete that folder first)")
-        if self.is_main:  # temporary files of a write a killed process never finished (only this process writes)
-            for stale in self.run_dir.glob(".*.part"):
-                stale.unlink(missing_ok=True)
+        prepare_run_dir(self.run_dir, resume, self.is_main)
         log = MetricsLog(self.run_dir, self.tensorboard and self.is_main, enabled=self.is_main)
         if resume:
             last = self.run_dir / "last.pt"
@@ -170,7 +148,7 @@ class Trainer:
         stats: dict[str, float] = {}
         interrupted = False
         self.stop_requested = False
-        previous_handler = self._catch_ctrl_c()
+        previous_handler = catch_ctrl_c(self)
         try:
             while self.step < t.steps and self.train_s < budget_s and not self.all_agree(self.stop_requested):
                 t0 = time.perf_counter()
@@ -443,8 +421,6 @@ class Trainer:
 
     def check_traps(self) -> dict:
         """The trap check (diagnose.check_traps, no labels) on the first ``eval_size`` held-out images."""
-        from .diagnose import check_traps
-
         images = self.data.test_images[:self.cfg.train.eval_size]
         with seeded(self.cfg.train.seed + 3, self.device):
             return check_traps(self.model, images)
@@ -483,20 +459,5 @@ class Trainer:
             print(f"\nair train: {message}", file=sys.stderr)
         self.events.append({"kind": "restart", "step": 0, "attempt": k + 1, "message": message, "traps": found})
 
-    # ------------------------------------------------------------------------------ Ctrl-C and the early check
-    def _catch_ctrl_c(self):
-        """The first Ctrl-C asks the loop to stop after the step in progress (so the checkpoint and the
-        metrics file agree exactly); a second one interrupts at once. Returns the handler to restore."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
 
-        def handler(signum, frame):
-            if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
-
-        return signal.signal(signal.SIGINT, handler)
-
-
-__all__ = ["Trainer", "train", "load_data", "pick_device", "default_run_dir"]
+__all__ = ["Trainer", "train"]

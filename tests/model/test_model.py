@@ -71,7 +71,7 @@ def test_gradients_reach_every_parameter_group(tiny_config):
     """After the first update (the predictor's last layer starts at zero weights, so on step 0 only it
     learns), every parameter of model, guide and baseline receives a finite, non-zero gradient."""
     from attend_infer_repeat.config import RunConfig
-    from attend_infer_repeat.train import make_optimizer
+    from attend_infer_repeat.run_setup import make_optimizer
 
     model = AIR(tiny_config)
     opt = make_optimizer(model, RunConfig(model=tiny_config))

@@ -64,7 +64,8 @@ def run_train(args) -> int:
     import json
 
     from ..errors import InputError
-    from ..train import default_run_dir, train
+    from ..run_setup import default_run_dir
+    from ..train import train
 
     if args.data is not None and args.dataset is not None:
         raise InputError("give either --dataset (generated scenes) or --data PATH (your own images), not both")
@@ -220,7 +221,7 @@ def _resumed_config(args):
 
     from ..checkpoint import load_checkpoint, saved_config, training_progress
     from ..errors import CheckpointError, InputError
-    from ..train import best_without_last
+    from ..run_setup import best_without_last
 
     if not args.run_dir:
         raise InputError("--resume needs --run-dir: the run to continue")

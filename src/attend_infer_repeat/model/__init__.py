@@ -2,12 +2,14 @@
 
 ``air.py`` holds the generative model, the guide and the ELBO; ``objective.py`` the KL terms, the count prior and
 the score-function surrogate; ``networks.py`` the LSTM, the what-encoder and -decoder and the NVIL baseline;
-``attention.py`` the spatial transformer; ``config.py`` the typed ModelConfig; ``inputs.py`` the checks on the
-images ``infer`` is given. It imports only torch and the package's errors (``AIR.load`` reads a checkpoint with the
-loader the package installs, ``checkpoint.load_model``).
+``attention.py`` the spatial transformer; ``outputs.py`` what the guide, the objective and ``infer`` return;
+``config.py`` the typed ModelConfig; ``inputs.py`` the checks on the images ``infer`` is given. It imports only
+torch and the package's errors (``AIR.load`` reads a checkpoint with the loader the package installs,
+``checkpoint.load_model``).
 """
-from .air import AIR, OBJECT_INK_THRESHOLD, GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
+from .air import AIR
 from .config import ModelConfig
+from .outputs import OBJECT_INK_THRESHOLD, GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
 
 __all__ = ["AIR", "OBJECT_INK_THRESHOLD", "GuideOutput", "InferenceResult", "LossOutput", "ModelConfig", "eval_mode",
            "ink_boxes"]

@@ -270,7 +270,7 @@ def test_concurrent_requests_are_not_mixed_up(server, model):
 
 # ---------------------------------------------------------------------------------------- command line
 def test_cli_serve_starts_prints_the_url_and_stops_on_ctrl_c(checkpoint):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "attend_infer_repeat.cli", "serve", str(checkpoint), "--port",
                              "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
