@@ -121,8 +121,10 @@ class TrainConfig:
     max_digit_size: int | None = option(None,
             "if set, object sizes vary uniformly between --digit-size and this (default: 20 for sprites when --digit-"
             "size is not given either, else none)")
-    counts: tuple[int, ...] = option((0, 1, 2),
-            "allowed digit counts, e.g. 0,1,2")
+    # None: the data set's (data/registry.py)
+    counts: tuple[int, ...] | None = option(None,
+            "allowed object counts per scene, each equally likely, e.g. 0,1,2 (default: the data set's: 0,1,2; "
+            "0-15 for mnist-many, 0-20 for mnist-many-20)")
     max_overlap: float = option(0.0,
             "generated scenes: the largest IoU two objects' ink boxes may have (default 0: apart)")
     allow_overlap: bool = option(False,
@@ -162,7 +164,7 @@ class TrainConfig:
         _check(0 < self.holdout < 1, f"holdout must lie strictly between 0 and 1, got {self.holdout!r}")
         # resolved here, so a saved config always holds the sizes it used
         self.digit_size, self.max_digit_size = object_sizes(self.dataset, self.digit_size, self.max_digit_size)
-        self.counts = tuple(int(c) for c in self.counts)
+        self.counts = tuple(int(c) for c in (registered(self.dataset).counts if self.counts is None else self.counts))
         _check(self.steps >= 1, "steps must be at least 1")
         _check(self.minutes is None or self.minutes > 0, "minutes must be positive")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
@@ -185,6 +187,11 @@ class TrainConfig:
         _check(self.n_train >= 1 and self.n_test >= 1, "n_train and n_test must be at least 1")
 
 
+#: the ModelConfig fields a data set gives a default of its own: model field -> the data set's (data/registry.py)
+MODEL_DEFAULTS_OF_DATA = {"image_size": "canvas_size", "scale_prior_mean": "scale_prior_mean"}
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; saved as JSON in the run directory and inside every checkpoint."""
@@ -193,8 +200,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        data = registered(self.train.dataset)
         if self.model.dair is None:  # the data set's default, so a saved configuration always says which model
-            self.model = dataclasses.replace(self.model, dair=registered(self.train.dataset).dair)
+            self.model = dataclasses.replace(self.model, dair=data.dair)
+        # the image size and zoom prior of a data set with other scenes (mnist-many: 84x84, small digits), where the
+        # model leaves them at their defaults; no data set before those had other values here, so no saved
+        # configuration changes
+        for name, data_name in MODEL_DEFAULTS_OF_DATA.items():
+            if getattr(self.model, name) == _MODEL_DEFAULTS[name] != getattr(data, data_name):
+                self.model = dataclasses.replace(self.model, **{name: getattr(data, data_name)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

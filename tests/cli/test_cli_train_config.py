@@ -91,6 +91,16 @@ def test_a_new_data_set_brings_its_own_defaults(saved_run, configured, tmp_path)
     assert (cfg.train.dataset, cfg.train.data_path, cfg.train.digit_size) == ("files", str(images), 28)
 
 
+def test_a_many_object_data_set_brings_its_canvas_counts_and_zoom_prior(saved_run, configured):
+    cfg = configured("--dataset", "mnist-many")
+    assert (cfg.model.image_size, cfg.model.scale_prior_mean, cfg.train.counts) == (84, 5.0, tuple(range(16)))
+    cfg = configured("--dataset", "mnist-many", "--counts", "0,5,10", "--scale-prior-mean", "4")
+    assert (cfg.train.counts, cfg.model.scale_prior_mean) == ((0, 5, 10), 4.0)
+    # from a saved multi-MNIST-like run: its data set's defaults give way to the new one's, then back
+    many = configured("--config", str(saved_run), "--dataset", "mnist-many")
+    assert (many.model.image_size, many.train.counts, many.train.digit_size) == (84, tuple(range(16)), 14)
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     ("{not json", "is not JSON (Expecting property name"),

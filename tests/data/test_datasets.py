@@ -408,7 +408,8 @@ def test_the_registry_feeds_the_defaults_the_cli_and_python_alike():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     action = next(a for a in train._actions if a.dest == "dataset")
     assert tuple(action.choices) == SCENE_DATASETS
-    with pytest.raises(InputError, match="dataset must be one of mnist, fashion, sprites, files"):
+    with pytest.raises(InputError, match="dataset must be one of mnist, fashion, sprites, mnist-many, mnist-many-20, "
+                       "files"):
         dataset("cifar")
     with pytest.raises(InputError, match="dataset must be one of"):
         TrainConfig(dataset="cifar")

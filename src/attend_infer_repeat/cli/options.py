@@ -114,7 +114,8 @@ def add_config_options(group, cls, names, **overrides) -> None:
         elif kind in ("int", "float"):
             kw["type"] = int if kind == "int" else float
         elif kind.startswith("tuple"):  # typed as a comma-separated list (argparse parses the default too)
-            kw["default"] = ",".join(map(str, kw["default"]))  # parsed by parse_counts
+            if kw["default"] is not None:  # (None: the data set's)
+                kw["default"] = ",".join(map(str, kw["default"]))  # parsed by parse_counts
         kw.update(overrides.get(name, {}))
         group.add_argument(flag(f), dest=dest(f), **kw)
 

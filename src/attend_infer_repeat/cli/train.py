@@ -124,7 +124,8 @@ def _config_from_options(args):
     options = [n for names in TRAIN_OPTIONS.values() for n in names]
     train_cfg = TrainConfig(**{**config_values(args, TrainConfig, options),
                                "steps": args.steps if args.steps is not None else TrainConfig.steps,
-                               "counts": parse_counts(args.counts), "dataset": name,
+                               "counts": None if args.counts is None else parse_counts(args.counts),
+                               "dataset": name,
                                "data_path": os.path.abspath(os.path.expanduser(args.data)) if args.data else None})
     return RunConfig(model=model, train=train_cfg)
 
@@ -170,10 +171,10 @@ def _config_from_file(args):
     """``air train --config FILE``: the configuration a run saved, with the options typed beside it in its place.
 
     Only typed options count (argparse's defaults would otherwise undo the file). Budgets follow --resume: --steps
-    alone drops a minutes budget. The fields whose default depends on the data set (object sizes, zoom prior,
-    DAIR) hold resolved values in the file, so one equal to its data set's default is taken to be that default:
-    after a new --dataset or --data it becomes the new data set's, and a typed --digit-size alone means one size,
-    as on a fresh command line."""
+    alone drops a minutes budget. The fields whose default depends on the data set (object sizes and counts,
+    image size, zoom prior, DAIR) hold resolved values in the file, so one equal to its data set's default is
+    taken to be that default: after a new --dataset or --data it becomes the new data set's, and a typed
+    --digit-size alone means one size, as on a fresh command line."""
     import dataclasses
 
     from ..config import RunConfig
@@ -189,9 +190,12 @@ def _config_from_file(args):
     new = dataclasses.asdict(dataset(train["dataset"]))
     if (train["digit_size"], train["max_digit_size"]) == (old["digit_size"], old["max_digit_size"]):
         train["digit_size"] = train["max_digit_size"] = None  # TrainConfig resolves them for the data set
-    for name in ("scale_prior_mean", "dair"):
-        if model[name] == old[name]:
-            model[name] = new[name]
+    if list(train["counts"]) == list(old["counts"]):
+        train["counts"] = None
+    for name, data_name in {"scale_prior_mean": "scale_prior_mean", "dair": "dair",
+                            "image_size": "canvas_size"}.items():
+        if model[name] == old[data_name]:
+            model[name] = new[data_name]
     if "steps" in typed or "minutes" in typed:
         train["steps"] = args.steps if "steps" in typed else train["steps"]
         train["minutes"] = args.minutes if "minutes" in typed else (None if "steps" in typed else train["minutes"])

@@ -97,6 +97,14 @@ def run_test_data(cfg):
     return load_or_make_scenes("test", t.n_test, scene_config(cfg, "test"), data_dir=t.data_dir)
 
 
+def counts_text(counts) -> str:
+    """(0, 1, 2) -> '0,1,2'; a longer run of consecutive counts as a range: '0-15'."""
+    counts = tuple(counts)
+    if len(counts) > 3 and counts == tuple(range(counts[0], counts[-1] + 1)):
+        return f"{counts[0]}-{counts[-1]}"
+    return ",".join(map(str, counts))
+
+
 def describe(cfg) -> str:
     """One line saying what a run trained on (for the report and the logs)."""
     t = cfg.train
@@ -105,6 +113,6 @@ def describe(cfg) -> str:
     size = f"{t.digit_size} px" if t.max_digit_size in (None, t.digit_size) else \
         f"{t.digit_size}-{t.max_digit_size} px"
     d = dataset(t.dataset)
-    counts = ",".join(map(str, t.counts))
+    counts = counts_text(t.counts)
     return (f"{d.title}: {cfg.model.image_size}x{cfg.model.image_size} scenes of {counts} "
             f"{d.objects} ({size}), {t.n_train} for training, {t.n_test} held out")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .layout import any_overlap, draw_positions, ink_box_in_patch, is_int, split_key
+from .layout import any_overlap, draw_positions, ink_box_in_patch, is_int, overlaps_earlier, split_key
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,32 @@ def _placement_acceptance(digits, config, k: int, rng: np.random.Generator) -> f
     return float(1.0 - any_overlap(ink, rel[..., 0] >= 0, config.max_overlap).mean())
 
 
+def _place_sequentially(rng, digits, config, idx, sizes, rel, active, pos) -> None:
+    """``placement="sequential"``: the digits of a scene are placed one after another, each position redrawn
+    until its ink overlaps none of those placed before (a digit that finds no place in ``ROUNDS_PER_DIGIT_DRAW``
+    rounds is swapped for another one). Unlike the joint placement this stays feasible for many digits, where
+    almost no joint draw keeps every pair apart; layouts are not uniform over the valid ones (early digits are
+    placed freely, late ones go where room is left). Edits ``idx``, ``sizes``, ``rel`` and ``pos`` in place."""
+    canvas = config.canvas_size
+    for m in range(1, idx.shape[1]):
+        todo = np.flatnonzero(active[:, m])
+        for round_ in range(1, MAX_ROUNDS + 1):
+            ink = rel[todo, :m + 1] + np.concatenate([pos[todo, :m + 1], pos[todo, :m + 1]], axis=-1)
+            todo = todo[overlaps_earlier(ink, rel[todo, :m + 1, 0] >= 0, m, config.max_overlap)]
+            if len(todo) == 0:
+                break
+            if round_ % ROUNDS_PER_DIGIT_DRAW == 0:
+                new_idx, new_sizes = _draw_digits(rng, (len(todo), 1), len(digits), config)
+                idx[todo, m], sizes[todo, m] = new_idx[:, 0], new_sizes[:, 0]
+                rel[todo, m] = _ink_boxes_rel(digits, new_idx, new_sizes, np.ones((len(todo), 1), bool))[:, 0]
+            pos[todo, m] = draw_positions(rng, sizes[todo, m], canvas)
+        else:
+            raise InputError(
+                f"{len(todo)} of {len(idx)} scenes found no place for digit {m + 1} apart from the others in "
+                f"{MAX_ROUNDS} rounds; use a larger canvas_size, a smaller digit_size, fewer digits (counts) or a "
+                "larger max_overlap")
+
+
 def _check_inputs(digits: Any, labels: Any, n: Any) -> tuple[np.ndarray, np.ndarray, int]:
     if not isinstance(digits, np.ndarray) or digits.dtype != np.uint8 or digits.ndim != 3:
         got = f"{digits.shape} {digits.dtype}" if isinstance(digits, np.ndarray) else type(digits).__name__
@@ -110,7 +136,7 @@ def draw_from_items(digits: np.ndarray, labels: np.ndarray, n: int, config, spli
         raise InputError("no digits to draw from")
 
     key = split_key(split)
-    if not config.allow_overlap and n > 0:
+    if not config.allow_overlap and n > 0 and config.placement == "joint":
         pilot_rng = np.random.default_rng([config.seed, key, 1])  # own stream: the scenes don't depend on it
         for c in sorted(x for x in config.counts if x >= 2):
             acc = _placement_acceptance(digits, config, c, pilot_rng)
@@ -130,7 +156,9 @@ def draw_from_items(digits: np.ndarray, labels: np.ndarray, n: int, config, spli
     pos = draw_positions(rng, sizes, canvas)
 
     rel = _ink_boxes_rel(digits, idx, sizes, active)
-    if not config.allow_overlap and k >= 2:
+    if not config.allow_overlap and k >= 2 and config.placement == "sequential":
+        _place_sequentially(rng, digits, config, idx, sizes, rel, active, pos)
+    elif not config.allow_overlap and k >= 2:
         todo = np.flatnonzero(counts >= 2)
         for round_ in range(1, MAX_ROUNDS + 1):
             ink = rel[todo] + np.concatenate([pos[todo], pos[todo]], axis=-1)

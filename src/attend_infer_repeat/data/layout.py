@@ -29,19 +29,31 @@ def ink_box_in_patch(patches: np.ndarray) -> np.ndarray:
     return box.reshape(b, 4)
 
 
+def _too_close(a: np.ndarray, b: np.ndarray, max_iou: float) -> np.ndarray:
+    """(B,) bool: whether boxes ``a`` and ``b`` (B,4, exclusive max) have an IoU over ``max_iou`` (with 0: whether
+    they intersect; boxes that merely touch do not)."""
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    return inter > max_iou * (area(a) + area(b) - inter)
+
+
 def any_overlap(ink: np.ndarray, has_ink: np.ndarray, max_iou: float = 0.0) -> np.ndarray:
     """(B,) bool: whether any two inked slots of a scene have ink boxes (B,K,4, exclusive max) whose IoU exceeds
     ``max_iou`` (with 0: whose boxes intersect; boxes that merely touch do not overlap)."""
     bad = np.zeros(len(ink), bool)
-    k = ink.shape[1]
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    for j in range(k):
-        for m in range(j + 1, k):
-            a, b = ink[:, j], ink[:, m]
-            iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-            ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-            inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-            bad |= has_ink[:, j] & has_ink[:, m] & (inter > max_iou * (area(a) + area(b) - inter))
+    for m in range(1, ink.shape[1]):
+        bad |= overlaps_earlier(ink, has_ink, m, max_iou)
+    return bad
+
+
+def overlaps_earlier(ink: np.ndarray, has_ink: np.ndarray, m: int, max_iou: float = 0.0) -> np.ndarray:
+    """(B,) bool: whether slot ``m``'s ink box overlaps (as :func:`any_overlap` counts it) that of a slot before
+    it."""
+    bad = np.zeros(len(ink), bool)
+    for j in range(m):
+        bad |= has_ink[:, j] & has_ink[:, m] & _too_close(ink[:, j], ink[:, m], max_iou)
     return bad
 
 

@@ -40,6 +40,9 @@ class DataSet:
     max_digit_size: int | None = None
     scale_prior_mean: float = 3.0  # the zoom prior's mean: the window is image_size / s px
     dair: bool = False  # Difference AIR by default
+    canvas_size: int = 50  # the scenes' side in px (the model's image_size)
+    counts: tuple[int, ...] = (0, 1, 2)  # objects per scene, each count equally likely
+    placement: str = "joint"  # how objects are kept apart (SceneConfig.placement)
     generated: bool = True  # scenes drawn by the package (else the user's images)
     draw: Callable | None = _cut_from_items  # the generator (None: not drawn)
 
@@ -50,6 +53,14 @@ DATASETS: dict[str, DataSet] = {d.name: d for d in (
             digit_size=20),
     DataSet("sprites", "procedural sprites", "squares, triangles and circles", "shapes", items=None, source=None,
             digit_size=10, max_digit_size=20, dair=True, draw=_drawn),
+    # many objects (as SPAIR's and SPACE's benchmarks): 0-15 digits of 14-20 px on 84x84, ink apart; the zoom prior's
+    # mean puts the window at about 17 px, the digits' middle size
+    DataSet("mnist-many", "many-MNIST", "MNIST digits", "digits", items="mnist", source="MNIST", digit_size=14,
+            max_digit_size=20, scale_prior_mean=5.0, canvas_size=84, counts=tuple(range(16)), placement="sequential"),
+    # the transfer test of a model trained on mnist-many: the same digits and canvas, up to 20 of them
+    DataSet("mnist-many-20", "many-MNIST, 0-20 digits", "MNIST digits", "digits", items="mnist", source="MNIST",
+            digit_size=14, max_digit_size=20, scale_prior_mean=5.0, canvas_size=84, counts=tuple(range(21)),
+            placement="sequential"),
     DataSet("files", "your images", "your images", "images", items=None, source=None, generated=False, draw=None),
 )}
 #: the data sets whose scenes the package draws itself (air data, --dataset)

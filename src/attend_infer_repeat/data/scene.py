@@ -47,6 +47,8 @@ NPZ_KEYS = ("images", "counts", "boxes", "ink_boxes", "labels", "config", "split
 MAX_SCENE_BYTES = 4 * 2**30
 MAX_CANVAS_SIZE = 4096
 MAX_OBJECTS = 64
+#: how the digits of a scene are kept apart (SceneConfig.placement)
+PLACEMENTS = ("joint", "sequential")
 
 
 def scene_bytes(n: int, config: "SceneConfig") -> int:
@@ -76,8 +78,9 @@ def real_box_rows(boxes) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SceneConfig:
-    """How a scene data set is drawn. The defaults are the paper's: 50x50 canvases, unscaled 28x28 digits,
-    0, 1 or 2 of them with equal probability, their ink never overlapping.
+    """How a scene data set is drawn. The defaults are the data set's (``dataset``, :mod:`.registry`); for
+    ``mnist`` they are the paper's: 50x50 canvases, unscaled 28x28 digits, 0, 1 or 2 of them with equal
+    probability, their ink never overlapping.
 
     ``max_digit_size``: when set, each digit's side is drawn uniformly from ``[digit_size, max_digit_size]``
     and the digit resized (with antialiasing) to it. ``counts``: the possible numbers of digits per scene, drawn
@@ -88,19 +91,31 @@ class SceneConfig:
     here with an ``InputError`` rather than failing later.
     """
 
-    canvas_size: int = 50
-    digit_size: int = 28
+    # None, here and below: the data set's (data/registry.py; mnist: the paper's 50, 28 px, 0-2 digits, joint)
+    canvas_size: int | None = None
+    digit_size: int | None = None
     max_digit_size: int | None = None
-    counts: tuple[int, ...] = (0, 1, 2)
+    counts: tuple[int, ...] | None = None
     allow_overlap: bool = False
     # without allow_overlap: the largest IoU two objects' ink boxes may have (0: apart, the paper's data; 0.2:
     # digits may touch and cross a little)
     max_overlap: float = 0.0
     seed: int = 0
     dataset: str = "mnist"  # what the objects are: MNIST digits, Fashion-MNIST items or procedural sprites
+    # how digits are kept apart (without allow_overlap): "joint", the paper's data: a scene's positions are drawn
+    # again together until no two overlap (uniform over the valid layouts, feasible for a few digits);
+    # "sequential": one digit after another, each placed apart from those before (feasible for many digits)
+    placement: str | None = None
 
     def __post_init__(self) -> None:
-        scene_dataset(self.dataset)  # one the package draws, or a clear error
+        data = scene_dataset(self.dataset)  # one the package draws, or a clear error
+        for name in ("canvas_size", "counts", "placement"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(data, name))
+        if self.digit_size is None:  # a size given alone means that one size, as on air train's command line
+            object.__setattr__(self, "digit_size", data.digit_size)
+            if self.max_digit_size is None:
+                object.__setattr__(self, "max_digit_size", data.max_digit_size)
         for name in ("canvas_size", "digit_size"):
             v = getattr(self, name)
             if not is_int(v) or v < 1:
@@ -146,6 +161,11 @@ class SceneConfig:
         if not is_int(self.seed) or self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
+        if self.placement not in PLACEMENTS:
+            raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.placement == "sequential" and scene_dataset(self.dataset).items is None:
+            raise InputError(f"placement 'sequential' is for scenes cut from an image set (mnist, fashion), not "
+                             f"{self.dataset!r}")
         self._check_packing()
 
     def _check_packing(self) -> None:
@@ -179,6 +199,8 @@ class SceneConfig:
             del d["dataset"]
         if d["max_overlap"] == 0.0:
             del d["max_overlap"]
+        if d["placement"] == "joint":  # (as dataset and max_overlap)
+            del d["placement"]
         return d
 
     def to_json(self) -> str:
