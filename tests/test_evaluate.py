@@ -162,3 +162,24 @@ def test_object_boxes_are_the_tight_boxes_of_what_each_object_draws():
     assert boxes[0, 0].tolist() == [2, 4, 12, 9]
     assert boxes[0, 1].tolist() == [15, 10, 16, 11]
     assert boxes[0, 2].tolist() == [15, 5, 15, 5]  # empty, at the window's centre
+
+
+def test_average_precision_ranks_detections_across_images():
+    from attend_infer_repeat.evaluate import average_precision
+
+    truth = np.array([[[0, 0, 10, 10], [20, 20, 30, 30]], [[0, 0, 10, 10], [-1, -1, -1, -1]]], float)
+    perfect = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), np.array([[1, 0, 10, 10]])]
+    assert average_precision(perfect, [np.array([0.9, 0.8]), np.array([0.7])], truth) == pytest.approx(1.0)
+    # a false positive ranked first: precision 1/2, 2/3, 3/4 at recalls 1/3, 2/3, 1, made monotone: 3/4 throughout
+    fp = [np.array([[50, 50, 60, 60], [0, 0, 10, 10], [20, 20, 30, 30]]), np.array([[0, 0, 10, 10]])]
+    assert average_precision(fp, [np.array([0.99, 0.9, 0.8]), np.array([0.7])], truth) == pytest.approx(0.75)
+    # ... and ranked last, it costs nothing: every digit is found before it
+    assert average_precision(fp, [np.array([0.1, 0.9, 0.8]), np.array([0.7])], truth) == pytest.approx(1.0)
+    # two boxes on one digit: only one of them is a hit; a missed digit caps the recall
+    dup = [np.array([[0, 0, 10, 10], [0, 0, 10, 10]]), np.zeros((0, 4))]
+    assert average_precision(dup, [np.array([0.9, 0.8]), np.zeros(0)], truth) == pytest.approx(1 / 3)
+    assert np.isnan(average_precision([np.zeros((0, 4))], [np.zeros(0)], np.full((1, 1, 4), -1.0)))
+    from attend_infer_repeat.errors import InputError
+
+    with pytest.raises(InputError, match="predicted box sets"):
+        average_precision(perfect, [np.zeros(2)], truth)

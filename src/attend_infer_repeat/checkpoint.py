@@ -15,7 +15,7 @@ import torch
 from .config import RunConfig
 from .errors import CheckpointError, InputError
 from .files import atomic_write
-from .model import AIR
+from .model import build_model
 from .runtime import pick_device
 
 FORMAT = "attend-infer-repeat/checkpoint"
@@ -77,14 +77,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu"):
-    """A checkpoint file or run directory -> ``(AIR model in eval mode, RunConfig, training step)``.
+    """A checkpoint file or run directory -> ``(model in eval mode (AIR or GridAIR), RunConfig, training step)``.
 
     The step matters for an annealed count prior: the ELBO is measured against the prior the model had then."""
     p = resolve_checkpoint(path)
     state = load_checkpoint(p)
     config = saved_config(state, p)
     device = pick_device(device) if isinstance(device, str) else device
-    model = AIR(config.model)
+    model = build_model(config.model)
     weights = state["model"]
     if _baseline_differs(model, weights):
         # an NVIL baseline of an option since removed (a pooled or shared image input): it only ever served
@@ -142,7 +142,7 @@ def initial_weights(path: str | Path, model) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the AIR model a checkpoint holds, in eval mode."""
+    """Rebuild the model a checkpoint holds (AIR or GridAIR), in eval mode."""
     return load_run(path, device)[0]
 
 

@@ -202,7 +202,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         data = registered(self.train.dataset)
         if self.model.dair is None:  # the data set's default, so a saved configuration always says which model
-            self.model = dataclasses.replace(self.model, dair=data.dair)
+            # (DAIR is AIR's: the grid model has no steps to difference)
+            self.model = dataclasses.replace(self.model, dair=data.dair and self.model.architecture == "air")
         # the image size and zoom prior of a data set with other scenes (mnist-many: 84x84, small digits), where the
         # model leaves them at their defaults; no data set before those had other values here, so no saved
         # configuration changes

@@ -16,7 +16,7 @@ from .diagnose import check_traps
 from .errors import InputError
 from .model import AIR, eval_mode
 from .model.inputs import as_float_batch
-from .model.objective import bernoulli_log_prob, previous_present
+from .model.objective import bernoulli_log_prob, normal_log_prob, previous_present
 
 
 @contextmanager
@@ -132,6 +132,41 @@ def localisation_metrics(pred_boxes, true_boxes, iou_threshold: float = 0.5) -> 
             "predicted_boxes": n_pred, "true_boxes": n_true}
 
 
+def average_precision(pred_boxes, scores, true_boxes, iou_threshold: float = 0.5) -> float:
+    """Average precision of detections over a data set, the detection benchmarks' AP at one IoU threshold
+    (AP50 at 0.5): every image's boxes (n_i, 4) with a score each, ranked together by score; going down the
+    ranking, a box is a true positive when it overlaps by ``iou_threshold`` or more a true box of its image that
+    no higher-ranked box took (else a false positive); AP is the area under the precision-recall curve with
+    precision made monotone (every-point interpolation, as PASCAL VOC since 2010). True boxes may carry -1
+    padding rows. NaN when there are no true boxes."""
+    if not len(pred_boxes) == len(scores) == len(true_boxes):
+        raise InputError(f"{len(pred_boxes)} predicted box sets and {len(scores)} score sets for "
+                         f"{len(true_boxes)} images")
+    truth = [_real_boxes(t) for t in true_boxes]
+    n_true = sum(len(t) for t in truth)
+    if n_true == 0:
+        return float("nan")
+    ranked = sorted(((float(s), i, j) for i, ss in enumerate(scores) for j, s in enumerate(np.asarray(ss))),
+                    key=lambda r: -r[0])
+    taken = [np.zeros(len(t), bool) for t in truth]
+    preds = [_real_boxes(p) for p in pred_boxes]
+    hits = np.zeros(len(ranked))
+    for r, (_, i, j) in enumerate(ranked):
+        if len(truth[i]) == 0:
+            continue
+        iou = box_iou(preds[i][j:j + 1], truth[i])[0]
+        iou[taken[i]] = -1.0
+        best = int(iou.argmax())
+        if iou[best] >= iou_threshold:
+            taken[i][best] = True
+            hits[r] = 1
+    tp = np.cumsum(hits)
+    recall = np.concatenate([[0.0], tp / n_true])
+    precision = np.concatenate([[1.0], tp / np.arange(1, len(ranked) + 1)])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
 def confusion_matrix(true_counts, pred_counts, size: int | None = None) -> np.ndarray:
     """(size, size) int matrix: entry [t, p] = images with true count t that the model counted as p.
     ``size`` defaults to one more than the largest count present."""
@@ -147,12 +182,6 @@ def confusion_matrix(true_counts, pred_counts, size: int | None = None) -> np.nd
     return m
 
 
-def _normal_log_prob(x: torch.Tensor, loc, std) -> torch.Tensor:
-    """log N(x | loc, std^2) summed over the last dimension."""
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
-    return (-0.5 * ((x - loc) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
 def log_weights(model: AIR, x: torch.Tensor, train_step: int = 0) -> torch.Tensor:
     """One importance weight per image: ``log p(x, z) - log q(z | x)`` with z ~ q(z | x), (B,).
 
@@ -160,7 +189,10 @@ def log_weights(model: AIR, x: torch.Tensor, train_step: int = 0) -> torch.Tenso
     under q and under ``model.prior(train_step)`` and counts only while the previous step was present
     (after the first 0 the rest is 0 with probability 1 under both); z_where and z_what are Gaussian and
     count only for present steps (absent steps' values are never used by the model, so their densities
-    cancel). Its mean is an unbiased estimate of the ELBO."""
+    cancel). Its mean is an unbiased estimate of the ELBO. A model with its own (the grid model, whose cells
+    are independent) computes them itself."""
+    if hasattr(model, "log_weights"):
+        return model.log_weights(x, train_step)
     q = model.guide(x, deterministic=False)
     canvas = q.canvas if model.config.dair else model.render(q.z_what, q.z_where, q.z_pres)[0]
     present = q.z_pres
@@ -168,10 +200,10 @@ def log_weights(model: AIR, x: torch.Tensor, train_step: int = 0) -> torch.Tenso
     prior_logit = torch.logit(model.prior(train_step).to(x))[None].expand_as(present)
     log_p_pres = (alive * bernoulli_log_prob(present, prior_logit)).sum(1)
     log_q_pres = (alive * bernoulli_log_prob(present, q.z_pres_logit)).sum(1)
-    log_p_obj = _normal_log_prob(q.z_where, model.where_prior_loc, model.where_prior_std) + \
-        _normal_log_prob(q.z_what, 0.0, 1.0)
-    log_q_obj = _normal_log_prob(q.z_where, q.z_where_loc, q.z_where_std) + \
-        _normal_log_prob(q.z_what, q.z_what_loc, q.z_what_std)
+    log_p_obj = normal_log_prob(q.z_where, model.where_prior_loc, model.where_prior_std) + \
+        normal_log_prob(q.z_what, 0.0, 1.0)
+    log_q_obj = normal_log_prob(q.z_where, q.z_where_loc, q.z_where_std) + \
+        normal_log_prob(q.z_what, q.z_what_loc, q.z_what_std)
     log_p = model.log_likelihood(x, canvas) + log_p_pres + (present * log_p_obj).sum(1)
     log_q = log_q_pres + (present * log_q_obj).sum(1)
     return log_p - log_q
@@ -265,6 +297,7 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
         size = max(n_steps, int(counts.max(initial=0))) + 1
         cm = confusion_matrix(counts, pred, size)
         out["count_acc"] = float((pred == counts).mean())
+        out["count_mae"] = float(np.abs(pred - counts).mean())
         out["count_acc_per_true_count"] = {str(c): float(cm[c, c] / cm[c].sum()) for c in range(size)
                                            if cm[c].sum() > 0}
         out["true_count_histogram"] = cm.sum(1).tolist()
@@ -279,6 +312,12 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
                                                        np.asarray(data.ink_boxes), iou_threshold)
         out["localisation_objects"] = localisation_metrics([b.numpy() for b in result.object_boxes],
                                                            np.asarray(data.ink_boxes), iou_threshold)
+        # detection: the boxes of what each found object draws against the digits' ink boxes, ranked by q
+        scores = [s.numpy() for s in result.object_scores]
+        out["ap50"] = average_precision([b.numpy() for b in result.object_boxes], scores,
+                                        np.asarray(data.ink_boxes), 0.5)
+        out["ap50_windows"] = average_precision([b.numpy() for b in result.boxes], scores, np.asarray(data.boxes),
+                                                0.5)
     dev = next(model.parameters()).device
     if counts is not None:
         with seeded(seed, dev):

@@ -96,28 +96,45 @@ def _curves(records: list[dict], out: Path) -> list[tuple[str, Path]]:
     return figures
 
 
+#: up to this many object slots the decomposition shows every slot (AIR's steps); a model with more (the grid
+#: model's cells) shows the present ones only, in slot order
+ALL_SLOTS_UP_TO = 8
+
+
 @torch.no_grad()
 def _decomposition(model, x: torch.Tensor, result, path: Path) -> Path:
     """Per scene: the input, the canvas after each step, and each step's reconstructed window (bordered in the
-    step's colour; blank when the step found nothing)."""
+    step's colour; blank when the step found nothing). With many slots, only the present ones."""
     n_steps = model.config.max_steps
+    every = n_steps <= ALL_SLOTS_UP_TO
+    slots = [list(range(n_steps)) if every else torch.nonzero(result.z_pres[i]).flatten().tolist()
+             for i in range(x.size(0))]
+    width = max(1, max(len(s) for s in slots))
+    blank = np.zeros_like(x[0, 0].numpy())
+    window_blank = np.zeros_like(result.step_windows[0, 0, 0].numpy())
     rows, borders = [], []
     for i in range(x.size(0)):
         zp = result.z_pres[i:i + 1]
         zw, zh = _present_latents(model, x[i:i + 1])
         cells, colours = [x[i, 0].numpy()], [None]
-        for k in range(1, n_steps + 1):
-            mask = (torch.arange(n_steps) < k).float()[None]
-            canvas, _ = model.render(zh, zw, zp * mask)
+        shown = torch.zeros_like(zp)
+        for k in slots[i]:
+            shown[0, k] = zp[0, k]
+            canvas, _ = model.render(zh, zw, shown)
             cells.append(canvas[0, 0].clamp(0, 1).numpy())
-            colours.append(DEFAULT_COLOURS[(k - 1) % len(DEFAULT_COLOURS)] if zp[0, k - 1] else None)
-        for k in range(n_steps):
+            colours.append(DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)] if zp[0, k] else None)
+        cells += [blank] * (width - len(slots[i]))
+        colours += [None] * (width - len(slots[i]))
+        for k in slots[i]:
             cells.append(result.step_windows[i, k, 0].clamp(0, 1).numpy())
             colours.append(DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)] if zp[0, k] else None)
+        cells += [window_blank] * (width - len(slots[i]))
+        colours += [None] * (width - len(slots[i]))
         rows.append(cells)
         borders.append(colours)
-    labels = ["input"] + [f"after step {k}" for k in range(1, n_steps + 1)] + \
-        [f"window {k}" for k in range(1, n_steps + 1)]
+    what = "step" if every else "object"
+    labels = ["input"] + [f"after {what} {k}" for k in range(1, width + 1)] + \
+        [f"window {k}" for k in range(1, width + 1)]
     return draw_image_table(rows, path, scale=3, column_labels=labels, borders=borders)
 
 
@@ -221,7 +238,7 @@ def render_report(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | No
     result = model.infer(x)
     sections: list[str] = []
     colours = "".join(f"<span style='background: rgb{tuple(DEFAULT_COLOURS[k])}'>step {k + 1}</span>"
-                      for k in range(model.config.max_steps))
+                      for k in range(min(model.config.max_steps, len(DEFAULT_COLOURS))))
 
     # 1. reconstructions
     p = _inference_rows(x, result, list(range(show)), true_counts, out / "reconstructions.png")
@@ -380,4 +397,4 @@ def _subset(result, idx: list[int]):
                            z_what=[result.z_what[i] for i in idx], z_where=[result.z_where[i] for i in idx],
                            pres_probs=result.pres_probs[t], reconstruction=result.reconstruction[t],
                            step_windows=result.step_windows[t], step_boxes=result.step_boxes[t],
-                           z_pres=result.z_pres[t])
+                           z_pres=result.z_pres[t], object_scores=[result.object_scores[i] for i in idx])

@@ -30,7 +30,7 @@ from .config import RunConfig
 from .diagnose import RESTART_TRAPS, check_traps
 from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
-from .model import AIR
+from .model import build_model
 from .run_setup import Data, _rank_key, all_finite, attempt_seed, load_data, make_optimizer, prepare_run_dir
 from .runlog import MetricsLog, Progress
 from .runtime import (
@@ -85,7 +85,7 @@ class Trainer:
         if self.device.type == "cpu":
             reuse_freed_memory()
         torch.manual_seed(t.seed)  # the same initial weights in every process
-        self.model = AIR(cfg.model).to(self.device)
+        self.model = build_model(cfg.model).to(self.device)
         if t.init_from:  # go on from a trained model: the same weights in every process
             self.model.load_state_dict(initial_weights(t.init_from, self.model))
         self.opt = make_optimizer(self.model, cfg)
@@ -440,7 +440,7 @@ class Trainer:
         self.restarts.append({"step": self.step, "traps": found})
         k = len(self.restarts)
         torch.manual_seed(attempt_seed(t.seed, k))  # the same new weights in every process
-        fresh = AIR(self.cfg.model).to(self.device)
+        fresh = build_model(self.cfg.model).to(self.device)
         self.model.load_state_dict(fresh.state_dict())  # in place: a compiled loss stays valid
         self.opt = make_optimizer(self.model, self.cfg)
         if self.world > 1:

@@ -18,7 +18,8 @@ TRAIN_OPTIONS = {
              "allow_overlap", "max_overlap", "data_seed", "data_dir"),
 }
 #: The fields of ModelConfig that air train offers
-MODEL_OPTIONS = ("dair", "dair_memory", "z_pres_estimator", "max_steps", "z_what_dim", "lstm_hidden", "window_size",
+MODEL_OPTIONS = ("architecture", "grid_size", "dair", "dair_memory", "z_pres_estimator", "max_steps", "z_what_dim",
+                 "lstm_hidden", "window_size",
                  "likelihood", "likelihood_sigma", "composition", "z_pres_prior", "z_pres_prior_p",
                  "z_pres_anneal_start", "z_pres_anneal_steps", "scale_prior_mean", "scale_prior_std",
                  "shift_prior_std")

@@ -355,6 +355,7 @@ class AIR(nn.Module):
         step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
         step_object_boxes = cat(lambda p: p[3]).view(-1, cfg.max_steps, 4)
         keep = z_pres.bool()
+        reach = cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps).cumprod(1)
         return InferenceResult(
             counts=z_pres.sum(1).long(),
             boxes=[step_boxes[j][keep[j]] for j in range(z_pres.size(0))],
@@ -365,7 +366,8 @@ class AIR(nn.Module):
             reconstruction=cat(lambda p: p[1]).view(-1, 1, cfg.image_size, cfg.image_size),
             step_windows=cat(lambda p: p[2] * p[0].z_pres[:, :, None, None, None]).view(
                 -1, cfg.max_steps, 1, cfg.window_size, cfg.window_size),
-            step_boxes=step_boxes, z_pres=z_pres)
+            step_boxes=step_boxes, z_pres=z_pres,
+            object_scores=[reach[j][keep[j]] for j in range(z_pres.size(0))])
 
     @torch.no_grad()
     def count_probs(self, images, batch_size: int = 1000) -> torch.Tensor:

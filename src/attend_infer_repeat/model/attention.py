@@ -57,6 +57,16 @@ def crop(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom
     return grid_sample(images, grid)
 
 
+def crop_many(images: torch.Tensor, z_where: torch.Tensor, window_size: int, min_zoom: float = 0.1) -> torch.Tensor:
+    """:func:`crop` of K windows per image at once: images (B, 1, H, W), z_where (B, K, 3) -> (B, K, 1, w, w).
+    The K sampling grids are stacked into one, so the image is read once and never copied per window."""
+    b, k = z_where.shape[:2]
+    theta = crop_theta(z_where.reshape(b * k, 3), min_zoom)
+    grid = F.affine_grid(theta, [b * k, 1, window_size, window_size], align_corners=False)
+    out = grid_sample(images, grid.view(b, k * window_size, window_size, 2))  # (B, 1, K * w, w)
+    return out.view(b, 1, k, window_size, window_size).transpose(1, 2)
+
+
 def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoom: float = 0.1) -> torch.Tensor:
     """Draw: put each window back on an empty canvas with the inverse transform.
     windows (B, 1, w, w) -> canvases (B, 1, H, H).

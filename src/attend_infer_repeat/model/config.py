@@ -18,6 +18,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 COMPOSITIONS = ("sum", "max")
 Z_PRES_PRIORS = ("bernoulli", "geometric")
 Z_PRES_ESTIMATORS = ("enumerate", "nvil")
+ARCHITECTURES = ("air", "grid")
 #: Upper bounds of the model's sizes, checked wherever a config is built (also from a checkpoint's saved
 #: config): far beyond any AIR in the literature, and small enough that building the model cannot allocate until
 #: memory runs out.
@@ -42,6 +43,15 @@ class ModelConfig:
     sizes and priors of the Pyro example that public re-implementations confirmed)."""
 
     image_size: int = 50  # H = W of the input images
+    # "air": the paper's recurrent model (air.py); "grid" (ours, the SPAIR/SPACE family): a CNN gives each cell of a
+    # grid_size x grid_size grid an object slot, all inferred at once (grid.py)
+    architecture: str = option("air",
+            "the model: AIR's recurrent inference (the paper's, with --dair its Difference AIR), or a grid of cells "
+            "inferred in parallel by a CNN, as in SPAIR and SPACE (its cost does not grow with the objects)",
+            choices=('air', 'grid'), flag='--model')
+    # grid: cells per side; max_steps is then the number of cells, grid_size ** 2
+    grid_size: int = option(6,
+            "--model grid: cells per side of the grid (each cell holds at most one object)")
     # N: the most objects one image can be explained with
     max_steps: int = option(3,
             "N, the most objects per image")
@@ -118,6 +128,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _check(self.architecture in ARCHITECTURES,
+               f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        _check(1 <= self.grid_size <= 8, f"grid_size must be between 1 and 8 (at most 64 cells), got {self.grid_size}")
+        if self.architecture == "grid":  # a cell per object slot
+            _check(self.max_steps in (3, self.grid_size ** 2), f"the grid model has one object slot per cell, "
+                   f"grid_size ** 2 = {self.grid_size ** 2}; set grid_size rather than max_steps ({self.max_steps})")
+            self.max_steps = self.grid_size ** 2
+            _check(not self.dair, "dair is AIR's (Difference AIR); the grid model infers every cell at once")
+            _check(self.z_pres_estimator == "enumerate", "the grid model sums each cell's z_pres out given the "
+                   "others (local expectation gradients); z_pres_estimator 'nvil' is AIR's")
+            _check(self.z_pres_prior == "bernoulli", "the grid model's prior is a Bernoulli per cell (z_pres_prior "
+                   "'bernoulli')")
         for name, most in MODEL_LIMITS.items():
             _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
         _check(self.image_size >= 4, "image_size must be at least 4")
@@ -149,10 +171,13 @@ class ModelConfig:
 def approximate_parameters(m: ModelConfig) -> int:
     """The number of weights ``AIR(m)`` will have, to within a few percent, computed without building it."""
     image, window, latent = m.image_size ** 2, m.window_size ** 2, 3 + m.z_what_dim + 1
-    lstm = (image + 1) * 4 * m.lstm_hidden + (latent + m.lstm_hidden) * 4 * m.lstm_hidden
-    predict = (m.lstm_hidden + 1) * m.predict_hidden + (m.predict_hidden + 1) * 7
     encoder = (window + 1) * m.encoder_hidden + (m.encoder_hidden + 1) * 2 * m.z_what_dim
     decoder = (m.z_what_dim + 1) * m.decoder_hidden + (m.decoder_hidden + 1) * window
+    if m.architecture == "grid":  # GridEncoder's CNN (64 channels) and head, then the same what-VAE
+        cnn = 32 * 16 + 64 * 32 * 16 + 2 * 64 * 64 * 9 + 64 * m.predict_hidden + m.predict_hidden * 7
+        return cnn + encoder + decoder
+    lstm = (image + 1) * 4 * m.lstm_hidden + (latent + m.lstm_hidden) * 4 * m.lstm_hidden
+    predict = (m.lstm_hidden + 1) * m.predict_hidden + (m.predict_hidden + 1) * 7
     baseline = lstm + (m.lstm_hidden + 1) * m.predict_hidden if m.z_pres_estimator == "nvil" else 0
     return lstm + predict + encoder + decoder + baseline
 

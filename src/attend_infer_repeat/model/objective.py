@@ -31,6 +31,12 @@ def kl_bernoulli(q_logit: torch.Tensor, p_prob: torch.Tensor) -> torch.Tensor:
     return q * (log_q - torch.log(p_prob)) + (1.0 - q) * (log_1mq - torch.log1p(-p_prob))
 
 
+def normal_log_prob(x: torch.Tensor, loc, std) -> torch.Tensor:
+    """log N(x | loc, std^2) summed over the last dimension."""
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
+    return (-0.5 * ((x - loc) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
 def bernoulli_log_prob(value: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
     """log Bern(value | sigmoid(logit)), stable for any logit."""
     return value * F.logsigmoid(logit) + (1.0 - value) * F.logsigmoid(-logit)

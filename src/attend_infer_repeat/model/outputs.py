@@ -69,6 +69,7 @@ class GuideOutput:
     baseline: torch.Tensor | None = None  # (B, N) NVIL baseline values
     canvas: torch.Tensor | None = None  # (B, 1, H, W), DAIR only
     steps: list[torch.Tensor] | None = None  # canvases after each step, DAIR only
+    z_where_raw: torch.Tensor | None = None  # grid model: the sampled (s, u) its z_where posterior is over
 
 
 @dataclass
@@ -96,3 +97,6 @@ class InferenceResult:
     step_windows: torch.Tensor  # (B, N, 1, w, w) each step's reconstructed window (zero if absent)
     step_boxes: torch.Tensor  # (B, N, 4) each step's window as a box, present or not
     z_pres: torch.Tensor  # (B, N) 0/1
+    # B tensors (n_i,): the probability under q that each found object is there (AIR: that its step and every
+    # step before it are present; the grid model: its cell's presence probability), for ranking detections
+    object_scores: list[torch.Tensor] | None = None

@@ -1,0 +1,337 @@
+"""A parallel object model of the SPAIR / SPACE family beside AIR: a grid of cells instead of a recurrent loop.
+
+AIR finds objects one after another, an LSTM step per object, so its cost grows with the number of objects. The
+successors (SPAIR: Crawford & Pineau, AAAI 2019, "Spatially Invariant Unsupervised Object Detection with
+Convolutional Neural Networks"; SPACE: Lin et al., ICLR 2020) let a convolutional network look at the whole image
+once and give every cell of a G x G grid its own object slot. This module is that, told in AIR's terms and built
+from AIR's parts (the spatial transformer, the what-encoder and -decoder, the likelihood, the KL terms), in three
+places as :mod:`.air` is:
+
+1. **Generative model** p(x, z) (:meth:`GridAIR.render`, :meth:`GridAIR.log_likelihood`, :meth:`GridAIR.sample_prior`):
+   every cell k = 1..G^2 holds an object with probability rho (``z_pres_k ~ Bern(rho)``, independently, rho =
+   ``z_pres_prior_p``); a present object has a zoom ``s ~ N(mu_s, sigma_s)``, a centre ``cell centre +
+   (2 / G) tanh(u)`` with ``u ~ N(0, I_2)`` (so within one cell width of its own cell, as SPAIR's offsets are
+   bounded to their cell's neighbourhood) and ``z_what ~ N(0, I)``; each is drawn by the decoder in its window and
+   put on the canvas by the inverse transform; the canvas is their sum (or pixel-wise maximum); x ~ N(canvas,
+   sigma^2) (or Bernoulli). The count n is the number of present cells.
+2. **Guide** q(z | x) (:meth:`GridAIR.guide`): a CNN maps the image to a G x G feature map, and from each cell's
+   features a small head proposes that cell's ``z_pres`` probability and the Gaussian posterior of ``(s, u)``;
+   the window it selects is cropped (all cells at once) and encoded into ``z_what``. Every cell is independent
+   given the image: the cost is the same for 1 or 20 objects.
+3. **Objective** (:meth:`GridAIR.loss`): the ELBO ``E_q[log p(x|z)] - KL(q || p)`` with analytic KL terms
+   (Bernoulli for every cell's z_pres, Gaussian for ``(s, u)`` and ``z_what`` of the present ones).
+   The discrete z_pres are not relaxed (SPAIR and SPACE train with a Concrete relaxation; the model they then
+   evaluate is not the one they trained). Here each cell's z_pres is summed out exactly given the others'
+   sample: a *local expectation gradient* (Titsias & Lazaro-Gredilla, NeurIPS 2015). For cell k,
+   ``E_q[f] = E_{z_-k}[q_k f(z_k = 1, z_-k) + (1 - q_k) f(z_k = 0, z_-k)]``, so with one sample of the others,
+   cell k's presence probability gets the gradient ``f(1, z_-k) - f(0, z_-k)``, the ELBO's change when its object
+   is added to the canvas of the others, and its continuous latents the gradient of ``q_k f(1, z_-k)``, whether
+   or not it was sampled present. Unbiased, no score function, no baseline, no temperature; it costs one more
+   likelihood of the image per cell, computed in one batch.
+
+What is left out of the successors, and why: SPACE's background model (the scenes here have none); a depth per
+object to order overlaps, which matters for coloured objects only: a single-channel object drawn as ink of its
+own intensity over black gives the same canvas in any order (``1 - prod(1 - alpha_k)`` for alpha compositing,
+and the sum or the maximum here); SPAIR's feeding of each cell's latents to its neighbours (its inference is
+then sequential over cells again).
+
+It answers to the same interface as :class:`~.air.AIR` (``guide``, ``draw``, ``compose``, ``render``, ``loss``,
+``infer``, ``count_probs``, ``sample_prior``), with ``config.max_steps`` its number of cells, so training,
+evaluation, the report and ``air serve`` take it as they take AIR.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import attention
+from .config import ModelConfig
+from .networks import WhatDecoder, WhatEncoder, _softplus_inverse
+from .objective import bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob
+from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
+
+
+class GridEncoder(nn.Module):
+    """Image (B, 1, H, W) -> the per-cell proposal (B, G*G, 7): z_pres logit, (s, u_x, u_y) loc offsets and raw
+    stds. Four convolutions (receptive field 26 px before the pooling to G x G, which widens it by a cell)."""
+
+    def __init__(self, cfg: ModelConfig, channels: int = 32):
+        super().__init__()
+        self.grid = cfg.grid_size
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels // 2, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(channels // 2, channels, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(channels, cfg.predict_hidden, 1), nn.ReLU(),
+                                  nn.Conv2d(cfg.predict_hidden, 7, 1))
+        last = self.head[-1]
+        with torch.no_grad():  # every cell starts with the same proposal, as AIR's WherePresPredictor does
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+            last.bias[0] = cfg.z_pres_init_logit
+            last.bias[4:] = _softplus_inverse(cfg.z_where_init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.adaptive_avg_pool2d(self.features(x), self.grid)
+        return self.head(h).float().flatten(2).transpose(1, 2)  # (B, G*G, 7), cells in row-major order
+
+
+class GridAIR(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        cfg = config or ModelConfig(architecture="grid")
+        if cfg.architecture != "grid":
+            raise ValueError(f"GridAIR needs ModelConfig(architecture='grid'), got {cfg.architecture!r}")
+        self.config = cfg
+        g = cfg.grid_size
+        self.propose = GridEncoder(cfg)
+        self.encoder = WhatEncoder(cfg.window_size, cfg.encoder_hidden, cfg.z_what_dim)
+        self.decoder = WhatDecoder(cfg.z_what_dim, cfg.decoder_hidden, cfg.window_size, cfg.decoder_output_bias)
+        self.baseline = None  # no score function, so no baseline (the trainer's second optimiser stays empty)
+        centres = -1 + (2 * torch.arange(g, dtype=torch.float32) + 1) / g
+        cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("cell_centres", torch.stack([cx.flatten(), cy.flatten()], -1), persistent=False)
+        self.register_buffer("where_prior_loc", torch.tensor([cfg.scale_prior_mean, 0.0, 0.0]), persistent=False)
+        self.register_buffer("where_prior_std", torch.tensor([cfg.scale_prior_std, 1.0, 1.0]), persistent=False)
+
+    @property
+    def cells(self) -> int:
+        return self.config.max_steps
+
+    # ------------------------------------------------------------------------------------------------------
+    # 1. Generative model p(x, z)
+    # ------------------------------------------------------------------------------------------------------
+    def prior(self, train_step: int = 0) -> torch.Tensor:
+        """p(z_pres_k = 1) of every cell, (1,): a fixed rho (``z_pres_prior_p``)."""
+        return torch.tensor([self.config.z_pres_prior_p], device=self.cell_centres.device)
+
+    def where(self, su: torch.Tensor) -> torch.Tensor:
+        """(s, u_x, u_y) (B, K, 3) -> z_where (s, x, y): each cell's centre plus at most a cell width."""
+        offset = (2.0 / self.config.grid_size) * torch.tanh(su[..., 1:])
+        return torch.cat([su[..., :1], self.cell_centres + offset], -1)
+
+    def draw(self, z_what: torch.Tensor, z_where: torch.Tensor):
+        """As :meth:`AIR.draw`: objects (B, K, 1, H, W) on canvases of their own and their windows."""
+        cfg = self.config
+        b, k = z_what.shape[:2]
+        windows = self.decoder(z_what.reshape(b * k, -1))
+        placed = attention.place(windows, z_where.reshape(b * k, 3), cfg.image_size, cfg.min_zoom)
+        return (placed.view(b, k, 1, cfg.image_size, cfg.image_size),
+                windows.view(b, k, 1, cfg.window_size, cfg.window_size))
+
+    def compose(self, objects: torch.Tensor) -> torch.Tensor:
+        """The canvas of objects (B, K, 1, H, W) (absent ones zeroed): their sum or pixel-wise maximum."""
+        return objects.sum(1) if self.config.composition == "sum" else objects.amax(1)
+
+    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
+        placed, windows = self.draw(z_what, z_where)
+        return self.compose(placed * z_pres[:, :, None, None, None]), windows
+
+    def log_likelihood(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) summed over pixels: (B,), or (B, K) for canvases (B, K, 1, H, W) against x (B, 1, 1, H, W)."""
+        cfg = self.config
+        if cfg.likelihood == "gaussian":
+            sigma = cfg.likelihood_sigma
+            ll = -0.5 * ((x - canvas) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+        else:
+            p = canvas.clamp(1e-4, 1 - 1e-4)
+            ll = x * torch.log(p) + (1 - x) * torch.log1p(-p)
+        return ll.flatten(-3).sum(-1)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
+                     generator: torch.Generator | None = None):
+        """n scenes from the generative model: images (n, 1, H, W), z_pres (n, K) and every cell's box (n, K, 4).
+        ``num_objects``: exactly that many present cells, chosen uniformly."""
+        cfg, dev = self.config, self.cell_centres.device
+        if num_objects is None:
+            z_pres = (torch.rand(n, self.cells, generator=generator) < cfg.z_pres_prior_p).float()
+        else:
+            if not 0 <= num_objects <= self.cells:
+                from ..errors import InputError
+                raise InputError(f"num_objects must be between 0 and {self.cells} (the cells), got {num_objects}")
+            order = torch.rand(n, self.cells, generator=generator).argsort(1)
+            z_pres = (order < num_objects).float()
+        su = self.where_prior_loc + self.where_prior_std * torch.randn(n, self.cells, 3, generator=generator)
+        z_where = self.where(su.to(dev))
+        z_what = torch.randn(n, self.cells, cfg.z_what_dim, generator=generator).to(dev)
+        canvas, _ = self.render(z_what, z_where, z_pres.to(dev))
+        return canvas, z_pres.to(dev), attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 2. Guide q(z | x): every cell at once
+    # ------------------------------------------------------------------------------------------------------
+    def guide(self, x: torch.Tensor, deterministic: bool = False, with_baseline: bool = False,
+              z_pres: torch.Tensor | None = None) -> GuideOutput:
+        """The latents of every cell of images x (B, 1, H, W); ``deterministic``: posterior means and z_pres =
+        [q > 0.5]; ``z_pres`` (B, K): take these presence values instead of sampling them. ``z_where_loc`` and
+        ``z_where_std`` are the posterior of ``(s, u)``; ``z_where`` is (s, x, y). (``with_baseline``: AIR's
+        signature; the grid model has no baseline.)"""
+        cfg = self.config
+        b, k = x.size(0), self.cells
+        out = self.propose(x)
+        logit = out[..., 0]
+        su_loc = self.where_prior_loc + out[..., 1:4]
+        su_std = F.softplus(out[..., 4:7]) + 1e-4
+        su = su_loc if deterministic else su_loc + su_std * torch.randn_like(su_loc)
+        z_where = self.where(su)
+        glimpses = attention.crop_many(x, z_where, cfg.window_size, cfg.min_zoom)  # (B, K, 1, w, w)
+        what_loc, what_std = self.encoder(glimpses.reshape(b * k, 1, cfg.window_size, cfg.window_size))
+        what_loc, what_std = what_loc.view(b, k, -1), what_std.view(b, k, -1)
+        z_what = what_loc if deterministic else what_loc + what_std * torch.randn_like(what_loc)
+        if z_pres is not None:
+            z_pres = z_pres.to(logit)
+        else:
+            z_pres = (logit > 0).to(x) if deterministic else torch.bernoulli(torch.sigmoid(logit)).detach()
+        return GuideOutput(z_pres=z_pres, z_pres_logit=logit, z_where=z_where, z_where_loc=su_loc,
+                           z_where_std=su_std, z_what=z_what, z_what_loc=what_loc, z_what_std=what_std,
+                           z_where_raw=su)
+
+    # ------------------------------------------------------------------------------------------------------
+    # 3. Objective: the ELBO, each cell's z_pres summed out given the others' sample
+    # ------------------------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, train_step: int = 0, use_baseline: bool = True,
+             z_pres_prior: torch.Tensor | None = None, z_pres: torch.Tensor | None = None) -> LossOutput:
+        """The ELBO of images x (B, 1, H, W) for one sample of q, and the surrogate whose gradient is the local
+        expectation gradient (module docstring). ``z_pres_prior``: :meth:`prior`, if already computed; ``z_pres``
+        (B, K): evaluate at these presence values instead of a sample (the tests sum over all of them)."""
+        q = self.guide(x, z_pres=z_pres)
+        rho = (self.prior(train_step) if z_pres_prior is None else z_pres_prior).reshape(-1)[0].float()
+        placed, _ = self.draw(q.z_what, q.z_where)  # (B, K, 1, H, W)
+        z = q.z_pres  # (B, K), sampled
+        kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
+        kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
+        object_cost = kl_where + kl_what  # (B, K): the KL of a cell's continuous latents when it is present
+        kl_pres = kl_bernoulli(q.z_pres_logit, rho)  # (B, K)
+
+        canvas = self.compose(placed * z[:, :, None, None, None])
+        log_lik = self.log_likelihood(x, canvas)
+        elbo = log_lik - (z * object_cost).sum(1) - kl_pres.sum(1)  # the ELBO estimate for this sample
+
+        # Each cell with and without its object, the other cells as sampled (held fixed here, so that each cell's
+        # term carries the gradient of its own latents only): gain_k = log p(x | others + object k) - log p(x |
+        # others) - KL of its continuous latents
+        q_pres = torch.sigmoid(q.z_pres_logit)
+        gain = self._likelihood_gains(x, canvas.detach(), placed, z) - object_cost  # (B, K), with gradient
+        # d/dq_k: the gain (held fixed); d/d(cell k's latents and the decoder): q_k d(gain_k)
+        surrogate = (q_pres * gain.detach() + q_pres.detach() * gain).sum(1) - kl_pres.sum(1)
+
+        terms = {"log_lik": log_lik.mean(), "kl_where": (z * kl_where).sum(1).mean(),
+                 "kl_what": (z * kl_what).sum(1).mean(), "kl_pres": kl_pres.sum(1).mean()}
+        return LossOutput(loss=-surrogate.mean(), baseline_loss=torch.zeros((), device=x.device),
+                          elbo=elbo.detach(), counts=z.sum(1).detach().long(),
+                          terms={k: v.detach() for k, v in terms.items()}, per_image_loss=-surrogate)
+
+    def log_weights(self, x: torch.Tensor, train_step: int = 0) -> torch.Tensor:
+        """One importance weight per image, ``log p(x, z) - log q(z | x)`` with z ~ q (B,): full log densities of
+        the sample (every cell's z_pres; (s, u) and z_what of the present cells, whose densities are the only
+        ones the model uses). Its mean is an unbiased estimate of the ELBO; ``evaluate.importance_log_px``
+        averages K of them into the importance-weighted bound."""
+        q = self.guide(x)
+        canvas, _ = self.render(q.z_what, q.z_where, q.z_pres)
+        rho_logit = torch.logit(self.prior(train_step).to(x))
+        log_p_pres = bernoulli_log_prob(q.z_pres, rho_logit.expand_as(q.z_pres)).sum(1)
+        log_q_pres = bernoulli_log_prob(q.z_pres, q.z_pres_logit).sum(1)
+        log_p_obj = normal_log_prob(q.z_where_raw, self.where_prior_loc, self.where_prior_std) + \
+            normal_log_prob(q.z_what, 0.0, 1.0)
+        log_q_obj = normal_log_prob(q.z_where_raw, q.z_where_loc, q.z_where_std) + \
+            normal_log_prob(q.z_what, q.z_what_loc, q.z_what_std)
+        log_p = self.log_likelihood(x, canvas) + log_p_pres + (q.z_pres * log_p_obj).sum(1)
+        return log_p - log_q_pres - (q.z_pres * log_q_obj).sum(1)
+
+    def _likelihood_gains(self, x: torch.Tensor, canvas: torch.Tensor, placed: torch.Tensor,
+                          z: torch.Tensor) -> torch.Tensor:
+        """(B, K): log p(x | the other present objects and object k) - log p(x | the other present objects), for
+        every cell k; ``canvas`` (the sampled one) is held fixed, the gradient flows into object k alone.
+
+        Gaussian likelihood and summed objects (the default), in closed form: with r_k = x - (the others' canvas)
+        = x - canvas + z_k o_k, the gain is sum_pixels (2 r_k o_k - o_k^2) / (2 sigma^2), a few operations per
+        pixel instead of two likelihoods of K canvases. Otherwise both likelihoods are computed."""
+        cfg = self.config
+        present = placed.detach() * z[:, :, None, None, None]
+        if cfg.likelihood == "gaussian" and cfg.composition == "sum":
+            r = (x - canvas)[:, None] + present  # (B, K, 1, H, W)
+            return ((2 * r - placed) * placed).flatten(2).sum(-1) / (2 * cfg.likelihood_sigma ** 2)
+        if cfg.composition == "sum":
+            others = canvas[:, None] - present
+        else:  # the maximum over the others: the largest value unless cell k holds it, then the second largest
+            top = present.topk(2, dim=1).values if present.size(1) > 1 else torch.cat([present, 0 * present], 1)
+            others = torch.where(present >= top[:, :1], top[:, 1:2], top[:, :1])
+        with_k = others + placed if cfg.composition == "sum" else torch.maximum(others, placed)
+        return self.log_likelihood(x[:, None], with_k) - self.log_likelihood(x[:, None], others)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Inference API (as AIR's)
+    # ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, images, batch_size: int = 500, deterministic: bool = True) -> InferenceResult:
+        """Find the objects in images (as :meth:`AIR.infer`): present cells in row-major order."""
+        from .inputs import as_image_batch
+
+        cfg, k = self.config, self.cells
+        x_all = as_image_batch(images, cfg.image_size)
+        dev = self.cell_centres.device
+        parts = []
+        with eval_mode(self):
+            for i in range(0, x_all.size(0), batch_size):
+                x = x_all[i:i + batch_size].to(dev)
+                q = self.guide(x, deterministic=deterministic)
+                placed, windows = self.draw(q.z_what, q.z_where)
+                canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
+                parts.append((q, canvas, windows * q.z_pres[:, :, None, None, None],
+                              ink_boxes(placed[:, :, 0], q.z_where, cfg)))
+        if not parts:
+            empty = torch.zeros(0, k)
+            return InferenceResult(counts=torch.zeros(0, dtype=torch.long), boxes=[], object_boxes=[], z_what=[],
+                                   z_where=[], pres_probs=empty, reconstruction=torch.zeros(0, 1, cfg.image_size,
+                                   cfg.image_size), step_windows=torch.zeros(0, k, 1, cfg.window_size,
+                                   cfg.window_size), step_boxes=torch.zeros(0, k, 4), z_pres=empty,
+                                   object_scores=[])
+        cat = lambda f: torch.cat([f(p) for p in parts]).cpu()  # noqa: E731
+        z_pres, z_where, z_what = cat(lambda p: p[0].z_pres), cat(lambda p: p[0].z_where), cat(lambda p: p[0].z_what)
+        step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
+        object_boxes = cat(lambda p: p[3])
+        keep = z_pres.bool()
+        rows = range(z_pres.size(0))
+        probs = cat(lambda p: torch.sigmoid(p[0].z_pres_logit))
+        return InferenceResult(
+            counts=z_pres.sum(1).long(), boxes=[step_boxes[j][keep[j]] for j in rows],
+            object_boxes=[object_boxes[j][keep[j]] for j in rows], z_what=[z_what[j][keep[j]] for j in rows],
+            z_where=[z_where[j][keep[j]] for j in rows], pres_probs=probs,
+            reconstruction=cat(lambda p: p[1]), step_windows=cat(lambda p: p[2]), step_boxes=step_boxes,
+            z_pres=z_pres, object_scores=[probs[j][keep[j]] for j in rows])
+
+    @torch.no_grad()
+    def count_probs(self, images, batch_size: int = 500) -> torch.Tensor:
+        """q(n | x), n = 0..K, (B, K + 1): the distribution of a sum of independent Bernoullis (Poisson-binomial),
+        by the recursion over cells, for one sample of the continuous latents."""
+        from .inputs import as_image_batch
+
+        x_all = as_image_batch(images, self.config.image_size)
+        out = []
+        with eval_mode(self):
+            for i in range(0, x_all.size(0), batch_size):
+                x = x_all[i:i + batch_size].to(self.cell_centres.device)
+                out.append(poisson_binomial(torch.sigmoid(self.guide(x).z_pres_logit.double())).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.cells + 1)
+
+    loader = None  # installed by attend_infer_repeat/__init__.py, as AIR's
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu"):
+        """Load a model from any checkpoint ``air train`` wrote (whichever model it holds)."""
+        return cls.loader(path, device=device)
+
+
+def poisson_binomial(p: torch.Tensor) -> torch.Tensor:
+    """P(sum of independent Bern(p_k) = n), n = 0..K, for probabilities p (..., K): (..., K + 1)."""
+    dist = torch.zeros(*p.shape[:-1], p.size(-1) + 1, dtype=p.dtype, device=p.device)
+    dist[..., 0] = 1.0
+    for k in range(p.size(-1)):
+        pk = p[..., k:k + 1]
+        dist = torch.cat([dist[..., :1] * (1 - pk), dist[..., 1:] * (1 - pk) + dist[..., :-1] * pk], -1)
+    return dist

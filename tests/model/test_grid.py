@@ -1,0 +1,189 @@
+"""The grid model (model/grid.py): its objective is the ELBO of the discrete model, its gradient estimator is
+unbiased (checked against the exact sum over every z_pres), and it answers to AIR's interface."""
+import itertools
+
+import pytest
+import torch
+
+from attend_infer_repeat.errors import InputError
+from attend_infer_repeat.model import AIR, GridAIR, ModelConfig, build_model
+from attend_infer_repeat.model.grid import poisson_binomial
+from attend_infer_repeat.model.objective import kl_bernoulli, kl_normal
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(architecture="grid", grid_size=2, image_size=16, window_size=6, z_what_dim=3, encoder_hidden=8,
+                decoder_hidden=8, predict_hidden=8, scale_prior_mean=2.0, z_pres_prior_p=0.3, z_pres_init_logit=0.0)
+    return ModelConfig(**{**base, **kw})
+
+
+def images(b: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(b, 1, size, size)
+    for i in range(b):
+        r, c = torch.randint(0, size - 5, (2,), generator=g).tolist()
+        x[i, 0, r:r + 5, c:c + 5] = 0.9
+    return x
+
+
+def test_config_builds_the_grid_model_and_refuses_what_it_has_not():
+    cfg = tiny()
+    assert cfg.max_steps == 4 and isinstance(build_model(cfg), GridAIR)
+    assert isinstance(build_model(ModelConfig()), AIR)
+    assert ModelConfig(architecture="grid").max_steps == 36  # 6 x 6 cells
+    for bad, message in [({"dair": True}, "dair is AIR's"), ({"max_steps": 5}, "one object slot per cell"),
+                         ({"z_pres_estimator": "nvil"}, "local expectation"), ({"grid_size": 9}, "between 1 and 8"),
+                         ({"architecture": "spair"}, "architecture must be one of")]:
+        with pytest.raises(InputError, match=message):
+            tiny(**bad)
+
+
+def test_poisson_binomial_is_the_distribution_of_the_count():
+    p = torch.tensor([[0.1, 0.7, 0.4], [1.0, 0.0, 0.5]], dtype=torch.float64)
+    brute = torch.zeros(2, 4, dtype=torch.float64)
+    for z in itertools.product([0, 1], repeat=3):
+        zt = torch.tensor(z, dtype=torch.float64)
+        brute[:, int(zt.sum())] += (p * zt + (1 - p) * (1 - zt)).prod(1)
+    assert torch.allclose(poisson_binomial(p), brute)
+
+
+def _elbo_at(model, x, z):
+    """f(z) = log p(x | z) - sum_k z_k KL(continuous latents of k) - sum_k KL(z_pres_k), with its gradient."""
+    q = model.guide(x, z_pres=z)
+    canvas, _ = model.render(q.z_what, q.z_where, z)
+    cost = kl_normal(q.z_where_loc, q.z_where_std, model.where_prior_loc, model.where_prior_std).sum(-1) + \
+        kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
+    rho = torch.tensor(model.config.z_pres_prior_p, dtype=x.dtype)
+    return model.log_likelihood(x, canvas) - (z * cost).sum(1) - kl_bernoulli(q.z_pres_logit, rho).sum(1), q
+
+
+def _all_z(k: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=k)))
+
+
+@pytest.mark.parametrize("composition,likelihood", [("sum", "gaussian"), ("max", "gaussian"), ("sum", "bernoulli")])
+def test_the_objective_is_the_elbo_and_its_gradient_the_exact_one(composition, likelihood):
+    """With the continuous noise held fixed, sum over all 2^K presence vectors: the exact ELBO is
+    sum_z q(z) f(z); the surrogate's gradient averaged over z with weights q(z) must equal its gradient."""
+    torch.manual_seed(0)
+    model = GridAIR(tiny(composition=composition, likelihood=likelihood))
+    x = images(2)
+    k = model.cells
+    zs = _all_z(k)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(z):
+        torch.manual_seed(1)  # the same continuous samples for every z
+        return model.loss(x, z_pres=z.expand(x.size(0), k))
+
+    # the exact ELBO of the discrete model, by enumeration, and its gradient
+    exact = 0.0
+    for z in zs:
+        torch.manual_seed(1)
+        zb = z.expand(x.size(0), k)
+        f, q = _elbo_at(model, x, zb)
+        log_q = (zb * torch.nn.functional.logsigmoid(q.z_pres_logit)
+                 + (1 - zb) * torch.nn.functional.logsigmoid(-q.z_pres_logit)).sum(1)
+        exact = exact + (log_q.exp() * f).mean()
+        assert torch.allclose(run(z).elbo, f.detach())  # the objective's ELBO estimate is f(z)
+    grad_exact = torch.autograd.grad(exact, params, allow_unused=True)
+
+    # the estimator, in expectation over z ~ q (q does not depend on z: one guide run gives it)
+    torch.manual_seed(1)
+    q = model.guide(x)
+    probs = torch.sigmoid(q.z_pres_logit).detach()
+    expected = [torch.zeros_like(p) for p in params]
+    for z in zs:
+        weight = (probs * z + (1 - probs) * (1 - z)).prod(1)  # (B,)
+        out = run(z)
+        g = torch.autograd.grad((weight * out.per_image_loss).mean(), params, allow_unused=True)
+        expected = [e + (0 if gi is None else gi) for e, gi in zip(expected, g)]
+    for p, ge, gx in zip(params, expected, grad_exact):
+        if gx is None:
+            continue
+        assert torch.allclose(-ge, gx, rtol=1e-4, atol=1e-6), (p.shape, (-ge - gx).abs().max())
+
+
+def test_counts_are_the_present_cells():
+    torch.manual_seed(0)
+    z = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert GridAIR(tiny()).loss(images(3), z_pres=z).counts.tolist() == [2, 0, 4]
+
+
+def test_it_answers_to_airs_interface_and_puts_each_cell_near_its_cell():
+    torch.manual_seed(0)
+    model = GridAIR(tiny())
+    x = images(4)
+    r = model.infer(x)
+    assert r.pres_probs.shape == (4, 4) and r.step_windows.shape == (4, 4, 1, 6, 6)
+    assert r.reconstruction.shape == (4, 1, 16, 16) and r.step_boxes.shape == (4, 4, 4)
+    assert [len(b) for b in r.boxes] == r.counts.tolist()
+    # a cell's window centre lies within one cell width of its own cell's centre, whatever the guide says
+    q = model.guide(x * 50)
+    offset = (q.z_where[..., 1:] - model.cell_centres).abs()
+    assert (offset <= 2 / model.config.grid_size + 1e-6).all()
+    probs = model.count_probs(x)
+    assert probs.shape == (4, 5) and torch.allclose(probs.sum(1), torch.ones(4))
+    canvas, z, boxes = model.sample_prior(5, num_objects=3, generator=torch.Generator().manual_seed(0))
+    assert canvas.shape == (5, 1, 16, 16) and z.sum(1).tolist() == [3.0] * 5 and boxes.shape == (5, 4, 4)
+    with pytest.raises(InputError, match="num_objects must be between 0 and 4"):
+        model.sample_prior(1, num_objects=5)
+
+
+def test_crop_many_is_crop_of_each_window():
+    from attend_infer_repeat.model import attention
+
+    x = images(2)
+    z_where = torch.tensor([[[2.0, 0.1, -0.2], [1.5, -0.4, 0.3], [3.0, 0.0, 0.0]],
+                            [[2.5, 0.2, 0.2], [1.0, 0.0, 0.0], [2.0, -0.5, 0.5]]])
+    many = attention.crop_many(x, z_where, 6)
+    for i in range(2):
+        one = attention.crop(x[i:i + 1].expand(3, -1, -1, -1), z_where[i], 6)
+        assert torch.allclose(many[i], one, atol=1e-6)
+
+
+def test_air_train_eval_infer_resume_and_report_take_the_grid_model(tmp_path, capsys):
+    """The whole product path with --model grid: train, a checkpoint AIR.load reads back as a GridAIR, eval,
+    infer (boxes in input pixels), resume, and the report."""
+    import json
+
+    from attend_infer_repeat import AIR as LoadedAIR
+    from attend_infer_repeat.cli import main
+
+    run = tmp_path / "run"
+    tiny_run = ["--model", "grid", "--grid-size", "3", "--dataset", "sprites", "--n-train", "64", "--n-test", "16",
+                "--batch-size", "16", "--z-what-dim", "4", "--window-size", "8", "--eval-every", "2",
+                "--eval-size", "16", "--checkpoint-every", "2", "--no-progress", "--threads", "1", "--compile", "off"]
+    assert main(["train", "--steps", "2", "--run-dir", str(run), *tiny_run]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["held_out_n"] == 16
+    model = LoadedAIR.load(run / "last.pt")
+    assert isinstance(model, GridAIR) and model.config.max_steps == 9 and not model.config.dair
+    assert (run / "report" / "index.html").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--n", "16"]) == 0
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert 0.0 <= evaluation["count_acc"] <= 1.0 and evaluation["max_steps"] == 9 and "iw_log_px" in evaluation
+    image = tmp_path / "scene.npy"
+    import numpy as np
+    np.save(image, (np.random.default_rng(0).random((2, 50, 50)) > 0.97).astype(np.float32))
+    assert main(["infer", str(run / "best.pt"), str(image), "--out", str(tmp_path / "inferred")]) == 0
+    assert main(["train", "--steps", "4", "--run-dir", str(run), "--resume", "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
+def test_importance_weights_estimate_the_same_elbo():
+    """E_q[log p(x, z) - log q(z | x)] is the ELBO: the mean of the importance weights and the mean of the
+    objective's ELBO estimates agree (both over many samples of one image), and K weights give the IW bound."""
+    from attend_infer_repeat.evaluate import importance_log_px
+
+    torch.manual_seed(0)
+    model = GridAIR(tiny())
+    x = images(1).expand(4000, -1, -1, -1)
+    with torch.no_grad():
+        w = model.log_weights(x)
+        elbo = model.loss(x).elbo
+    tol = 4 * (w.std() + elbo.std()) / len(x) ** 0.5
+    assert abs(w.mean() - elbo.mean()) < tol, (w.mean(), elbo.mean(), tol)
+    iw = importance_log_px(model, images(1), k=200)
+    assert iw.item() >= elbo.mean().item() - tol  # the bound is tighter than the ELBO
