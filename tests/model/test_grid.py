@@ -13,7 +13,7 @@ from attend_infer_repeat.model.objective import kl_bernoulli, kl_normal
 
 def tiny(**kw) -> ModelConfig:
     base = dict(architecture="grid", grid_size=2, image_size=16, window_size=6, z_what_dim=3, encoder_hidden=8,
-                decoder_hidden=8, predict_hidden=8, scale_prior_mean=2.0, z_pres_prior_p=0.3, z_pres_init_logit=0.0)
+                decoder_hidden=8, predict_hidden=8, scale_prior_mean=2.0, z_pres_prior_p=0.3)
     return ModelConfig(**{**base, **kw})
 
 
@@ -104,6 +104,13 @@ def test_the_objective_is_the_elbo_and_its_gradient_the_exact_one(composition, l
         assert torch.allclose(-ge, gx, rtol=1e-4, atol=1e-6), (p.shape, (-ge - gx).abs().max())
 
 
+def test_the_presence_prior_is_annealed_log_linearly():
+    model = GridAIR(tiny(z_pres_prior_p=1e-2, grid_prior_final=1e-6, grid_prior_anneal_steps=100))
+    got = torch.cat([model.prior(t) for t in (0, 50, 100, 1000)])
+    assert torch.allclose(got, torch.tensor([1e-2, 1e-4, 1e-6, 1e-6]), rtol=1e-5, atol=0)
+    assert float(GridAIR(tiny(grid_prior_anneal_steps=0)).prior(0)) == pytest.approx(1e-6)
+
+
 def test_counts_are_the_present_cells():
     torch.manual_seed(0)
     z = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 1]])
@@ -118,10 +125,10 @@ def test_it_answers_to_airs_interface_and_puts_each_cell_near_its_cell():
     assert r.pres_probs.shape == (4, 4) and r.step_windows.shape == (4, 4, 1, 6, 6)
     assert r.reconstruction.shape == (4, 1, 16, 16) and r.step_boxes.shape == (4, 4, 4)
     assert [len(b) for b in r.boxes] == r.counts.tolist()
-    # a cell's window centre lies within one cell width of its own cell's centre, whatever the guide says
+    # a cell's window centre lies inside its own cell, whatever the guide says
     q = model.guide(x * 50)
     offset = (q.z_where[..., 1:] - model.cell_centres).abs()
-    assert (offset <= 2 / model.config.grid_size + 1e-6).all()
+    assert (offset <= 1 / model.config.grid_size + 1e-6).all()
     probs = model.count_probs(x)
     assert probs.shape == (4, 5) and torch.allclose(probs.sum(1), torch.ones(4))
     canvas, z, boxes = model.sample_prior(5, num_objects=3, generator=torch.Generator().manual_seed(0))
@@ -187,3 +194,21 @@ def test_importance_weights_estimate_the_same_elbo():
     assert abs(w.mean() - elbo.mean()) < tol, (w.mean(), elbo.mean(), tol)
     iw = importance_log_px(model, images(1), k=200)
     assert iw.item() >= elbo.mean().item() - tol  # the bound is tighter than the ELBO
+
+
+def test_air_serve_decomposes_with_the_grid_model():
+    """The page's model calls, without HTTP: a cell that is present anywhere in the grid gets its own crop."""
+    from attend_infer_repeat.serve import Service
+
+    torch.manual_seed(0)
+    model = GridAIR(tiny())
+    with torch.no_grad():
+        model.propose.head[-1].bias[0] = 3.0  # most cells present
+    service = Service(model, name="grid")
+    assert service.info()["model"] == "grid" and service.info()["max_steps"] == 4
+    out = service.infer(images(1))
+    present = [s for s in out["steps"] if s["present"]]
+    assert out["count"] == len(present) == len(out["boxes"]) > 1
+    assert all(len(s["crop"]) == 6 * 6 and len(s["window"]) == 6 * 6 for s in present)
+    generated = service.generate(2, 3, 1)
+    assert [s["count"] for s in generated["scenes"]] == [3, 3]

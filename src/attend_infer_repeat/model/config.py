@@ -52,6 +52,13 @@ class ModelConfig:
     # grid: cells per side; max_steps is then the number of cells, grid_size ** 2
     grid_size: int = option(6,
             "--model grid: cells per side of the grid (each cell holds at most one object)")
+    # grid: the per-cell presence prior starts at z_pres_prior_p and is annealed log-linearly to this over
+    # grid_prior_anneal_steps (a prior strong enough to stop two cells sharing a digit from the start leaves
+    # every cell empty before the decoder can draw a digit; benchmarks/results/grid_probes.json)
+    grid_prior_final: float = option(1e-6,
+            "--model grid: the per-cell presence prior after annealing from --z-pres-prior-p")
+    grid_prior_anneal_steps: int = option(1000,
+            "--model grid: steps over which the presence prior is annealed")
     # N: the most objects one image can be explained with
     max_steps: int = option(3,
             "N, the most objects per image")
@@ -139,7 +146,9 @@ class ModelConfig:
             _check(self.z_pres_estimator == "enumerate", "the grid model sums each cell's z_pres out given the "
                    "others (local expectation gradients); z_pres_estimator 'nvil' is AIR's")
             _check(self.z_pres_prior == "bernoulli", "the grid model's prior is a Bernoulli per cell (z_pres_prior "
-                   "'bernoulli')")
+                   "'bernoulli', annealed to grid_prior_final)")
+        _check(0 < self.grid_prior_final < 1, "grid_prior_final must be strictly between 0 and 1")
+        _check(self.grid_prior_anneal_steps >= 0, "grid_prior_anneal_steps must be >= 0")
         for name, most in MODEL_LIMITS.items():
             _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
         _check(self.image_size >= 4, "image_size must be at least 4")

@@ -8,12 +8,13 @@ from AIR's parts (the spatial transformer, the what-encoder and -decoder, the li
 places as :mod:`.air` is:
 
 1. **Generative model** p(x, z) (:meth:`GridAIR.render`, :meth:`GridAIR.log_likelihood`, :meth:`GridAIR.sample_prior`):
-   every cell k = 1..G^2 holds an object with probability rho (``z_pres_k ~ Bern(rho)``, independently, rho =
-   ``z_pres_prior_p``); a present object has a zoom ``s ~ N(mu_s, sigma_s)``, a centre ``cell centre +
-   (2 / G) tanh(u)`` with ``u ~ N(0, I_2)`` (so within one cell width of its own cell, as SPAIR's offsets are
-   bounded to their cell's neighbourhood) and ``z_what ~ N(0, I)``; each is drawn by the decoder in its window and
-   put on the canvas by the inverse transform; the canvas is their sum (or pixel-wise maximum); x ~ N(canvas,
-   sigma^2) (or Bernoulli). The count n is the number of present cells.
+   every cell k = 1..G^2 holds an object with probability rho (``z_pres_k ~ Bern(rho)``, independently; rho is
+   annealed during training from ``z_pres_prior_p`` to ``grid_prior_final``, as the paper anneals AIR's count
+   prior); a present object has a zoom ``s ~ N(mu_s, sigma_s)``, a centre ``cell centre + (1 / G) tanh(u)``
+   with ``u ~ N(0, I_2)`` (inside its own cell, as SPAIR's and SPACE's: each object belongs to the cell its centre
+   lies in, so two cells cannot both centre on one digit) and ``z_what ~ N(0, I)``; each is drawn by the decoder
+   in its window and put on the canvas by the inverse transform; the canvas is their sum (or pixel-wise maximum);
+   x ~ N(canvas, sigma^2) (or Bernoulli). The count n is the number of present cells.
 2. **Guide** q(z | x) (:meth:`GridAIR.guide`): a CNN maps the image to a G x G feature map, and from each cell's
    features a small head proposes that cell's ``z_pres`` probability and the Gaussian posterior of ``(s, u)``;
    the window it selects is cropped (all cells at once) and encoded into ``z_what``. Every cell is independent
@@ -53,6 +54,11 @@ from .networks import WhatDecoder, WhatEncoder, _softplus_inverse
 from .objective import bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob
 from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
 
+#: every cell's presence logit at the start (p = 0.12): with AIR's start (p = 0.88) dozens of faint new objects
+#: cover the canvas, every cell's object makes the fit worse, and all cells turn off for good within 100 steps
+#: (benchmarks/results/grid_probes.json)
+INIT_LOGIT = -2.0
+
 
 class GridEncoder(nn.Module):
     """Image (B, 1, H, W) -> the per-cell proposal (B, G*G, 7): z_pres logit, (s, u_x, u_y) loc offsets and raw
@@ -72,7 +78,7 @@ class GridEncoder(nn.Module):
         with torch.no_grad():  # every cell starts with the same proposal, as AIR's WherePresPredictor does
             last.weight.mul_(0.1)
             last.bias.zero_()
-            last.bias[0] = cfg.z_pres_init_logit
+            last.bias[0] = INIT_LOGIT
             last.bias[4:] = _softplus_inverse(cfg.z_where_init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,12 +112,17 @@ class GridAIR(nn.Module):
     # 1. Generative model p(x, z)
     # ------------------------------------------------------------------------------------------------------
     def prior(self, train_step: int = 0) -> torch.Tensor:
-        """p(z_pres_k = 1) of every cell, (1,): a fixed rho (``z_pres_prior_p``)."""
-        return torch.tensor([self.config.z_pres_prior_p], device=self.cell_centres.device)
+        """p(z_pres_k = 1) of every cell at a training step, (1,): log-linear from ``z_pres_prior_p`` at step 0
+        to ``grid_prior_final`` at ``grid_prior_anneal_steps``, then constant (the final prior when evaluating
+        a model on its own, train_step 0, is the trainer's business: it passes its step)."""
+        cfg = self.config
+        f = min(1.0, train_step / cfg.grid_prior_anneal_steps) if cfg.grid_prior_anneal_steps else 1.0
+        rho = math.exp((1 - f) * math.log(cfg.z_pres_prior_p) + f * math.log(cfg.grid_prior_final))
+        return torch.tensor([rho], device=self.cell_centres.device)
 
     def where(self, su: torch.Tensor) -> torch.Tensor:
-        """(s, u_x, u_y) (B, K, 3) -> z_where (s, x, y): each cell's centre plus at most a cell width."""
-        offset = (2.0 / self.config.grid_size) * torch.tanh(su[..., 1:])
+        """(s, u_x, u_y) (B, K, 3) -> z_where (s, x, y): each cell's centre plus at most half a cell width."""
+        offset = (1.0 / self.config.grid_size) * torch.tanh(su[..., 1:])
         return torch.cat([su[..., :1], self.cell_centres + offset], -1)
 
     def draw(self, z_what: torch.Tensor, z_where: torch.Tensor):

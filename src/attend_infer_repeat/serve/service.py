@@ -112,8 +112,9 @@ class Service:
 
     def info(self) -> dict:
         cfg = self.config
-        return {"name": self.name, "image_size": cfg.image_size, "window_size": cfg.window_size,
-                "max_steps": cfg.max_steps, "z_what_dim": cfg.z_what_dim, "dair": cfg.dair,
+        return {"name": self.name, "model": cfg.architecture, "image_size": cfg.image_size,
+                "window_size": cfg.window_size, "max_steps": cfg.max_steps, "z_what_dim": cfg.z_what_dim,
+                "dair": cfg.dair,
                 "scale_prior": [cfg.scale_prior_mean, cfg.scale_prior_std],
                 "shift_prior": [cfg.shift_prior_mean, cfg.shift_prior_std],
                 "limits": {"body_bytes": MAX_BODY_BYTES, "image_pixels": MAX_IMAGE_PIXELS,
@@ -126,17 +127,18 @@ class Service:
         cfg = self.config
         with self._model_lock:
             r = self.model.infer(x)
-            where = r.z_where[0]  # the present steps' z_where, in step order (present steps come first)
+            where = r.z_where[0]  # the present slots' z_where, in slot order
             glimpses = (attention.crop(x.expand(len(where), -1, -1, -1), where, cfg.window_size, cfg.min_zoom)
                         if len(where) else None)
-        steps = []
+        steps, found = [], 0
         for k in range(cfg.max_steps):
             present = bool(r.z_pres[0, k] > 0)
             step = {"step": k + 1, "present": present, "presence_prob": round(float(r.pres_probs[0, k]), 4),
                     "box": _round(r.step_boxes[0, k], 3)}
-            if present:
-                step["crop"] = _u8(glimpses[k])
+            if present:  # (AIR's present steps come first; the grid model's present cells lie anywhere)
+                step["crop"] = _u8(glimpses[found])
                 step["window"] = _u8(r.step_windows[0, k])
+                found += 1
             steps.append(step)
         return {"count": int(r.counts[0]), "boxes": [_round(b, 3) for b in r.boxes[0]],
                 "z_where": [_round(w, 4) for w in r.z_where[0]], "steps": steps,
