@@ -218,17 +218,25 @@ def test_every_option_is_declared_once_in_its_config_field(configured):
                 typed[name] = 0.25
     typed.update({"counts": (0, 1), "precision": "fp32", "dataset": "sprites", "device": "cpu", "threads": 1,
                   "max_steps": 4, "dair_memory": False, "allow_overlap": False, "restarts": 1, "max_digit_size": 12,
-                  "digit_size": 8, "holdout": 0.25, "max_overlap": 0.25})
+                  "digit_size": 8, "holdout": 0.25, "max_overlap": 0.25,
+                  "architecture": "air"})  # with DAIR and N = 4 (--model grid: the test below)
     argv = []
     for name, value in typed.items():
-        flag = "--" + name.replace("_", "-")
+        flag = actions["data" if name == "data_path" else name].option_strings[0]
         if value is True:
             argv.append(flag)
         elif value is False:
-            argv.append("--no-" + flag[2:])
+            argv.append("--no-" + flag[2:])  # (a BooleanOptionalAction's first option string is --x)
         else:
             argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
     cfg = configured(*argv)
     for name, value in typed.items():
         got = getattr(cfg.model if name in MODEL_OPTIONS else cfg.train, name)
         assert got == value, (name, got, value)
+
+
+def test_the_grid_model_is_chosen_with_model_and_kept_by_config(saved_run, configured):
+    cfg = configured("--model", "grid", "--grid-size", "4", "--dataset", "mnist-many")
+    assert (cfg.model.architecture, cfg.model.max_steps, cfg.model.dair) == ("grid", 16, False)
+    again = configured("--config", str(saved_run), "--model", "grid")  # a sprites run: DAIR gives way
+    assert (again.model.architecture, again.model.dair) == ("grid", False)

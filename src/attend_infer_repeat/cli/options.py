@@ -92,8 +92,9 @@ def flag(f) -> str:
 
 
 def dest(f) -> str:
-    """Where argparse puts a field's option: its flag's name (``--data`` for ``data_path``)."""
-    return flag(f)[2:].replace("-", "_")
+    """Where argparse puts a field's option: its metadata's ``dest`` (``--model`` fills ``architecture``), else
+    its flag's name (``--data`` for ``data_path``)."""
+    return f.metadata.get("dest", flag(f)[2:].replace("-", "_"))
 
 
 def add_config_options(group, cls, names, **overrides) -> None:
@@ -106,7 +107,7 @@ def add_config_options(group, cls, names, **overrides) -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in names:
         f = fields[name]
-        kw = {k: v for k, v in f.metadata.items() if k != "flag"}
+        kw = {k: v for k, v in f.metadata.items() if k not in ("flag", "dest")}
         kw["default"] = f.default_factory() if f.default is dataclasses.MISSING else f.default
         kind = str(f.type).replace(" | None", "")
         if kind == "bool":

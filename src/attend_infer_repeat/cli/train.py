@@ -193,10 +193,11 @@ def _config_from_file(args):
         train["digit_size"] = train["max_digit_size"] = None  # TrainConfig resolves them for the data set
     if list(train["counts"]) == list(old["counts"]):
         train["counts"] = None
-    for name, data_name in {"scale_prior_mean": "scale_prior_mean", "dair": "dair",
-                            "image_size": "canvas_size"}.items():
+    for name, data_name in {"scale_prior_mean": "scale_prior_mean", "image_size": "canvas_size"}.items():
         if model[name] == old[data_name]:
             model[name] = new[data_name]
+    if model["dair"] == old["dair"]:
+        model["dair"] = None  # RunConfig gives the new data set's (AIR's only: the grid model has none)
     if "steps" in typed or "minutes" in typed:
         train["steps"] = args.steps if "steps" in typed else train["steps"]
         train["minutes"] = args.minutes if "minutes" in typed else (None if "steps" in typed else train["minutes"])

@@ -48,7 +48,7 @@ class ModelConfig:
     architecture: str = option("air",
             "the model: AIR's recurrent inference (the paper's, with --dair its Difference AIR), or a grid of cells "
             "inferred in parallel by a CNN, as in SPAIR and SPACE (its cost does not grow with the objects)",
-            choices=('air', 'grid'), flag='--model')
+            choices=('air', 'grid'), flag='--model', dest='architecture')
     # grid: cells per side; max_steps is then the number of cells, grid_size ** 2
     grid_size: int = option(6,
             "--model grid: cells per side of the grid (each cell holds at most one object)")
