@@ -188,7 +188,7 @@ class TrainConfig:
 
 
 #: the ModelConfig fields a data set gives a default of its own: model field -> the data set's (data/registry.py)
-MODEL_DEFAULTS_OF_DATA = {"image_size": "canvas_size", "scale_prior_mean": "scale_prior_mean"}
+MODEL_DEFAULTS_OF_DATA = {"image_size": "canvas_size", "scale_prior_mean": "scale_prior_mean", "grid_size": "grid_size"}
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
@@ -209,7 +209,10 @@ class RunConfig:
         # configuration changes
         for name, data_name in MODEL_DEFAULTS_OF_DATA.items():
             if getattr(self.model, name) == _MODEL_DEFAULTS[name] != getattr(data, data_name):
-                self.model = dataclasses.replace(self.model, **{name: getattr(data, data_name)})
+                change = {name: getattr(data, data_name)}
+                if name == "grid_size" and self.model.architecture == "grid":  # one slot per cell
+                    change["max_steps"] = change["grid_size"] ** 2
+                self.model = dataclasses.replace(self.model, **change)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

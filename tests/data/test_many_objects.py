@@ -96,6 +96,9 @@ def test_the_mnist_many_presets_drive_scenes_and_runs():
     plain = RunConfig()
     assert (plain.model.image_size, plain.model.scale_prior_mean, plain.train.counts) == (50, 3.0, (0, 1, 2))
     assert RunConfig.from_dict(run.to_dict()) == run  # a saved configuration loads as it was
+    grid = RunConfig(model=ModelConfig(architecture="grid"), train=TrainConfig(dataset="mnist-many")).model
+    assert (grid.grid_size, grid.max_steps) == (8, 64)  # cells small enough that two digits rarely share one
+    assert RunConfig(model=ModelConfig(architecture="grid")).model.max_steps == 9  # multi-MNIST: 3 x 3 cells
 
 
 def test_air_data_writes_the_preset_and_lists_it(tmp_path):

@@ -43,6 +43,9 @@ class DataSet:
     canvas_size: int = 50  # the scenes' side in px (the model's image_size)
     counts: tuple[int, ...] = (0, 1, 2)  # objects per scene, each count equally likely
     placement: str = "joint"  # how objects are kept apart (SceneConfig.placement)
+    # the grid model's cells per side: cells about the zoom prior's window (17 px) here; smaller for many digits,
+    # where two digits' centres must not share a cell (benchmarks/results/grid_probes.json: 8 beat 6)
+    grid_size: int = 3
     generated: bool = True  # scenes drawn by the package (else the user's images)
     draw: Callable | None = _cut_from_items  # the generator (None: not drawn)
 
@@ -56,11 +59,12 @@ DATASETS: dict[str, DataSet] = {d.name: d for d in (
     # many objects (as SPAIR's and SPACE's benchmarks): 0-15 digits of 14-20 px on 84x84, ink apart; the zoom prior's
     # mean puts the window at about 17 px, the digits' middle size
     DataSet("mnist-many", "many-MNIST", "MNIST digits", "digits", items="mnist", source="MNIST", digit_size=14,
-            max_digit_size=20, scale_prior_mean=5.0, canvas_size=84, counts=tuple(range(16)), placement="sequential"),
+            max_digit_size=20, scale_prior_mean=5.0, canvas_size=84, counts=tuple(range(16)), placement="sequential",
+            grid_size=8),
     # the transfer test of a model trained on mnist-many: the same digits and canvas, up to 20 of them
     DataSet("mnist-many-20", "many-MNIST, 0-20 digits", "MNIST digits", "digits", items="mnist", source="MNIST",
             digit_size=14, max_digit_size=20, scale_prior_mean=5.0, canvas_size=84, counts=tuple(range(21)),
-            placement="sequential"),
+            placement="sequential", grid_size=8),
     DataSet("files", "your images", "your images", "images", items=None, source=None, generated=False, draw=None),
 )}
 #: the data sets whose scenes the package draws itself (air data, --dataset)
