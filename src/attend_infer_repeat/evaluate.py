@@ -356,6 +356,8 @@ def format_table(result: dict) -> str:
     lines = [f"scenes evaluated:        {result['n']}"]
     if "count_acc" in result:
         lines.append(f"count accuracy:          {result['count_acc']:.4f}  (deterministic: z_pres = [q > 0.5])")
+        if "count_mae" in result:
+            lines.append(f"count error (mean |n|):  {result['count_mae']:.4f}  digits")
         for c, acc in result["count_acc_per_true_count"].items():
             lines.append(f"  true count {c}:          {acc:.4f}  ({result['true_count_histogram'][int(c)]} scenes)")
         cm = result["confusion"]
@@ -386,6 +388,9 @@ def format_table(result: dict) -> str:
         loc = result["localisation_objects"]
         lines.append(f"drawn objects vs ink:    mean IoU {loc['mean_iou']:.4f}, precision {loc['precision']:.4f}, "
                      f"recall {loc['recall']:.4f} @ IoU {loc['iou_threshold']:g}  (box of what each object draws)")
+    if "ap50" in result:
+        lines.append(f"AP50 (detection):        {result['ap50']:.4f}  (drawn objects vs ink boxes, ranked by q; "
+                     f"windows vs frames {result['ap50_windows']:.4f})")
     if "elbo" in result:
         lines.append(f"ELBO per image:          {result['elbo']:.2f}  (std {result['elbo_std']:.2f}, nats)")
     if "iw_log_px" in result:
