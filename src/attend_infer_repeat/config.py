@@ -208,9 +208,11 @@ class RunConfig:
         # model leaves them at their defaults; no data set before those had other values here, so no saved
         # configuration changes
         for name, data_name in MODEL_DEFAULTS_OF_DATA.items():
+            if name == "grid_size" and self.model.architecture != "grid":
+                continue  # AIR has no cells: its configuration stays as given
             if getattr(self.model, name) == _MODEL_DEFAULTS[name] != getattr(data, data_name):
                 change = {name: getattr(data, data_name)}
-                if name == "grid_size" and self.model.architecture == "grid":  # one slot per cell
+                if name == "grid_size":  # one slot per cell
                     change["max_steps"] = change["grid_size"] ** 2
                 self.model = dataclasses.replace(self.model, **change)
 
