@@ -192,8 +192,7 @@ class Trainer:
                     if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
-                # a run that starts from given weights has no new ones to restart from
-                if self.step == self.trap_check_step() and len(self.restarts) < t.restarts and not t.init_from:
+                if self.step == self.trap_check_step() and self.can_restart():
                     found = [trap for trap in self.check_traps()["traps"] if trap["name"] in RESTART_TRAPS] \
                         if self.is_main else []
                     if self.all_agree(bool(found)):
@@ -424,6 +423,14 @@ class Trainer:
         images = self.data.test_images[:self.cfg.train.eval_size]
         with seeded(self.cfg.train.seed + 3, self.device):
             return check_traps(self.model, images)
+
+    def can_restart(self) -> bool:
+        """Whether the early trap check may start this run again: attempts left, new weights to start from (not
+        with --init-from), and AIR's model. The grid model's shared and split digits come back with any weights
+        (benchmarks/results/grid_probes*.json), so a restart would only spend its budget; its final trap check
+        still warns."""
+        t = self.cfg.train
+        return len(self.restarts) < t.restarts and not t.init_from and self.cfg.model.architecture == "air"
 
     def trap_check_step(self) -> int | None:
         """The step of this attempt's early trap check (None: no evaluation falls in the window)."""

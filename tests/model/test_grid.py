@@ -178,6 +178,12 @@ def test_air_train_eval_infer_resume_and_report_take_the_grid_model(tmp_path, ca
     assert main(["train", "--steps", "4", "--run-dir", str(run), "--resume", "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
+    from attend_infer_repeat.config import RunConfig
+    from attend_infer_repeat.train import Trainer
+
+    cfg = RunConfig.from_file(run / "config.json")
+    assert cfg.train.restarts > 0 and not Trainer(cfg, tmp_path / "other", progress=False).can_restart()
+
 
 def test_importance_weights_estimate_the_same_elbo():
     """E_q[log p(x, z) - log q(z | x)] is the ELBO: the mean of the importance weights and the mean of the
