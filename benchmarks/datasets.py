@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,14 +31,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def air(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "attend_infer_repeat.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+sys.path.insert(0, str(HERE))
+from common import air  # noqa: E402
 
 
 def picture(run_dir: Path, out: Path, n: int = 12) -> Path:

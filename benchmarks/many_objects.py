@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,18 +26,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import record  # noqa: E402
+from common import air, record  # noqa: E402
 
 #: what each model name means on the command line (AIR and DAIR get one step per digit of the training counts)
 MODELS = {"grid": ["--model", "grid"], "air": ["--max-steps", "15"], "dair": ["--dair", "--max-steps", "15"]}
-
-
-def air(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "attend_infer_repeat.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def score(model, scenes) -> dict:

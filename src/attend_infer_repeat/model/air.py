@@ -355,19 +355,25 @@ class AIR(nn.Module):
         step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
         step_object_boxes = cat(lambda p: p[3]).view(-1, cfg.max_steps, 4)
         keep = z_pres.bool()
-        reach = cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps).cumprod(1)
+        pres_probs = cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps)
+        reach = self.slot_presence(pres_probs)
         return InferenceResult(
             counts=z_pres.sum(1).long(),
             boxes=[step_boxes[j][keep[j]] for j in range(z_pres.size(0))],
             object_boxes=[step_object_boxes[j][keep[j]] for j in range(z_pres.size(0))],
             z_what=[z_what[j][keep[j]] for j in range(z_pres.size(0))],
             z_where=[z_where[j][keep[j]] for j in range(z_pres.size(0))],
-            pres_probs=cat(lambda p: torch.sigmoid(p[0].z_pres_logit)).view(-1, cfg.max_steps),
+            pres_probs=pres_probs,
             reconstruction=cat(lambda p: p[1]).view(-1, 1, cfg.image_size, cfg.image_size),
             step_windows=cat(lambda p: p[2] * p[0].z_pres[:, :, None, None, None]).view(
                 -1, cfg.max_steps, 1, cfg.window_size, cfg.window_size),
             step_boxes=step_boxes, z_pres=z_pres,
             object_scores=[reach[j][keep[j]] for j in range(z_pres.size(0))])
+
+    def slot_presence(self, pres_probs: torch.Tensor) -> torch.Tensor:
+        """q that each step holds an object (B, N), from the step-wise q(z_pres_i = 1 | z_pres_{i-1} = 1): that
+        it and every step before it are present."""
+        return pres_probs.cumprod(1)
 
     @torch.no_grad()
     def count_probs(self, images, batch_size: int = 1000) -> torch.Tensor:

@@ -49,10 +49,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attention
+from .air import AIR
 from .config import ModelConfig
 from .networks import WhatDecoder, WhatEncoder, _softplus_inverse
 from .objective import bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob
-from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
+from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode
 
 #: every cell's presence logit at the start (p = 0.12): with AIR's start (p = 0.88) dozens of faint new objects
 #: cover the canvas, every cell's object makes the fit worse, and all cells turn off for good within 100 steps
@@ -125,33 +126,12 @@ class GridAIR(nn.Module):
         offset = (1.0 / self.config.grid_size) * torch.tanh(su[..., 1:])
         return torch.cat([su[..., :1], self.cell_centres + offset], -1)
 
-    def draw(self, z_what: torch.Tensor, z_where: torch.Tensor):
-        """As :meth:`AIR.draw`: objects (B, K, 1, H, W) on canvases of their own and their windows."""
-        cfg = self.config
-        b, k = z_what.shape[:2]
-        windows = self.decoder(z_what.reshape(b * k, -1))
-        placed = attention.place(windows, z_where.reshape(b * k, 3), cfg.image_size, cfg.min_zoom)
-        return (placed.view(b, k, 1, cfg.image_size, cfg.image_size),
-                windows.view(b, k, 1, cfg.window_size, cfg.window_size))
-
-    def compose(self, objects: torch.Tensor) -> torch.Tensor:
-        """The canvas of objects (B, K, 1, H, W) (absent ones zeroed): their sum or pixel-wise maximum."""
-        return objects.sum(1) if self.config.composition == "sum" else objects.amax(1)
-
-    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
-        placed, windows = self.draw(z_what, z_where)
-        return self.compose(placed * z_pres[:, :, None, None, None]), windows
-
-    def log_likelihood(self, x: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) summed over pixels: (B,), or (B, K) for canvases (B, K, 1, H, W) against x (B, 1, 1, H, W)."""
-        cfg = self.config
-        if cfg.likelihood == "gaussian":
-            sigma = cfg.likelihood_sigma
-            ll = -0.5 * ((x - canvas) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-        else:
-            p = canvas.clamp(1e-4, 1 - 1e-4)
-            ll = x * torch.log(p) + (1 - x) * torch.log1p(-p)
-        return ll.flatten(-3).sum(-1)
+    # drawing the objects, the canvas and the likelihood are AIR's: the same generative story from here on
+    draw = AIR.draw
+    overlay = AIR.overlay
+    compose = AIR.compose
+    render = AIR.render
+    log_likelihood = AIR.log_likelihood
 
     @torch.no_grad()
     def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
@@ -272,49 +252,20 @@ class GridAIR(nn.Module):
         else:  # the maximum over the others: the largest value unless cell k holds it, then the second largest
             top = present.topk(2, dim=1).values if present.size(1) > 1 else torch.cat([present, 0 * present], 1)
             others = torch.where(present >= top[:, :1], top[:, 1:2], top[:, :1])
-        with_k = others + placed if cfg.composition == "sum" else torch.maximum(others, placed)
+        with_k = self.overlay(others, placed)
         return self.log_likelihood(x[:, None], with_k) - self.log_likelihood(x[:, None], others)
 
     # ------------------------------------------------------------------------------------------------------
     # Inference API (as AIR's)
     # ------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def infer(self, images, batch_size: int = 500, deterministic: bool = True) -> InferenceResult:
-        """Find the objects in images (as :meth:`AIR.infer`): present cells in row-major order."""
-        from .inputs import as_image_batch
+        """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order), in smaller
+        batches: every cell's object is placed on a canvas of its own."""
+        return AIR.infer(self, images, batch_size, deterministic)
 
-        cfg, k = self.config, self.cells
-        x_all = as_image_batch(images, cfg.image_size)
-        dev = self.cell_centres.device
-        parts = []
-        with eval_mode(self):
-            for i in range(0, x_all.size(0), batch_size):
-                x = x_all[i:i + batch_size].to(dev)
-                q = self.guide(x, deterministic=deterministic)
-                placed, windows = self.draw(q.z_what, q.z_where)
-                canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
-                parts.append((q, canvas, windows * q.z_pres[:, :, None, None, None],
-                              ink_boxes(placed[:, :, 0], q.z_where, cfg)))
-        if not parts:
-            empty = torch.zeros(0, k)
-            return InferenceResult(counts=torch.zeros(0, dtype=torch.long), boxes=[], object_boxes=[], z_what=[],
-                                   z_where=[], pres_probs=empty, reconstruction=torch.zeros(0, 1, cfg.image_size,
-                                   cfg.image_size), step_windows=torch.zeros(0, k, 1, cfg.window_size,
-                                   cfg.window_size), step_boxes=torch.zeros(0, k, 4), z_pres=empty,
-                                   object_scores=[])
-        cat = lambda f: torch.cat([f(p) for p in parts]).cpu()  # noqa: E731
-        z_pres, z_where, z_what = cat(lambda p: p[0].z_pres), cat(lambda p: p[0].z_where), cat(lambda p: p[0].z_what)
-        step_boxes = attention.where_to_boxes(z_where, cfg.image_size, cfg.min_zoom)
-        object_boxes = cat(lambda p: p[3])
-        keep = z_pres.bool()
-        rows = range(z_pres.size(0))
-        probs = cat(lambda p: torch.sigmoid(p[0].z_pres_logit))
-        return InferenceResult(
-            counts=z_pres.sum(1).long(), boxes=[step_boxes[j][keep[j]] for j in rows],
-            object_boxes=[object_boxes[j][keep[j]] for j in rows], z_what=[z_what[j][keep[j]] for j in rows],
-            z_where=[z_where[j][keep[j]] for j in rows], pres_probs=probs,
-            reconstruction=cat(lambda p: p[1]), step_windows=cat(lambda p: p[2]), step_boxes=step_boxes,
-            z_pres=z_pres, object_scores=[probs[j][keep[j]] for j in rows])
+    def slot_presence(self, pres_probs: torch.Tensor) -> torch.Tensor:
+        """q that each cell holds an object (B, K): its presence probability (the cells are independent)."""
+        return pres_probs
 
     @torch.no_grad()
     def count_probs(self, images, batch_size: int = 500) -> torch.Tensor:
