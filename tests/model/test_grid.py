@@ -137,6 +137,36 @@ def test_it_answers_to_airs_interface_and_puts_each_cell_near_its_cell():
         model.sample_prior(1, num_objects=5)
 
 
+@pytest.mark.parametrize("composition,likelihood", [("sum", "gaussian"), ("max", "gaussian"), ("max", "bernoulli")])
+def test_each_cell_draws_on_its_patch_as_air_draws_on_the_whole_canvas(composition, likelihood):
+    """The patches are an economy, not a change of the model: for windows within the reach, the objects, the
+    canvas and each cell's likelihood gain equal those computed on whole canvases (cells of 17 / 3 pixels, so
+    patches start at rounded pixels and stick out of the image)."""
+    torch.manual_seed(0)
+    model = GridAIR(tiny(image_size=17, grid_size=3, composition=composition, likelihood=likelihood))
+    b, k = 4, model.cells
+    su = model.where_prior_loc + torch.randn(b, k, 3) * torch.tensor([0.3, 2.0, 2.0])
+    z_where, z_what = model.where(su), torch.randn(b, k, 3)
+    z = (torch.rand(b, k) < 0.6).float()
+    whole, _ = AIR.draw(model, z_what, z_where)
+    assert torch.allclose(model.draw(z_what, z_where)[0], whole, atol=1e-6)
+    assert torch.allclose(model.render(z_what, z_where, z)[0], AIR.render(model, z_what, z_where, z)[0], atol=1e-6)
+    x = torch.rand(b, 1, 17, 17).round() if likelihood == "bernoulli" else torch.rand(b, 1, 17, 17)
+    patches = model.draw_patches(z_what, z_where)
+    gains = model._likelihood_gains(x, model.canvas_of(patches * z[..., None]), patches, z)
+    for cell in range(k):
+        on, off = z.clone(), z.clone()
+        on[:, cell], off[:, cell] = 1, 0
+        brute = model.log_likelihood(x, AIR.render(model, z_what, z_where, on)[0]) - \
+            model.log_likelihood(x, AIR.render(model, z_what, z_where, off)[0])
+        assert torch.allclose(gains[:, cell], brute, atol=1e-4), cell
+    # a window wider than the reach (here a quarter of the prior's window on either side) is cut at its patch's
+    # edge: the middle cell's patch covers pixels 2..14
+    narrow = GridAIR(tiny(image_size=17, grid_size=3, grid_reach=0.5))
+    drawn = narrow.draw(torch.zeros(1, k, 3), torch.tensor([0.3, 0.0, 0.0]).expand(1, k, 3))[0][0, k // 2, 0]
+    assert drawn[:2].sum() == 0 and drawn[15:].sum() == 0 and (drawn[2:15, 2:15] > 0).all()
+
+
 def test_crop_many_is_crop_of_each_window():
     from attend_infer_repeat.model import attention
 

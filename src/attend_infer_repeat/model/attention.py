@@ -76,11 +76,19 @@ def place(windows: torch.Tensor, z_where: torch.Tensor, image_size: int, min_zoo
     ``canvas = K_y @ window @ K_x^T`` with ``K[i, j] = max(0, 1 - |q_i - j|)``, ``q_i`` the window pixel that
     canvas pixel ``i`` maps to. Two small batched matrix products, faster on a CPU than grid_sample, whose
     backward is slow there (benchmarks/README.md; tests check both agree)."""
+    centres = (2 * torch.arange(image_size, dtype=windows.dtype, device=windows.device) + 1) / image_size - 1
+    return place_at(windows, z_where, centres, centres, min_zoom)
+
+
+def place_at(windows: torch.Tensor, z_where: torch.Tensor, columns: torch.Tensor, rows: torch.Tensor,
+             min_zoom: float = 0.1) -> torch.Tensor:
+    """:func:`place` onto chosen canvas pixels only: ``columns`` (P,) or (B, P) and ``rows`` (Q,) or (B, Q),
+    the normalised image coordinates of the pixel centres to draw (a patch of the canvas around each window,
+    as the grid model draws its objects). windows (B, 1, w, w) -> (B, 1, Q, P)."""
     s = safe_zoom(z_where[:, 0], min_zoom)
     w = windows.size(-1)
-    centres = (2 * torch.arange(image_size, dtype=windows.dtype, device=windows.device) + 1) / image_size - 1
-    kx = _bilinear_weights(s[:, None] * (centres - z_where[:, 1:2]), w)  # (B, H, w)
-    ky = _bilinear_weights(s[:, None] * (centres - z_where[:, 2:3]), w)
+    kx = _bilinear_weights(s[:, None] * (columns - z_where[:, 1:2]), w)  # (B, P, w)
+    ky = _bilinear_weights(s[:, None] * (rows - z_where[:, 2:3]), w)
     return (ky @ windows[:, 0] @ kx.transpose(1, 2))[:, None]
 
 

@@ -59,6 +59,11 @@ class ModelConfig:
             "--model grid: the per-cell presence prior after annealing from --z-pres-prior-p")
     grid_prior_anneal_steps: int = option(1000,
             "--model grid: steps over which the presence prior is annealed")
+    # grid: each object is drawn on a patch of the canvas around its cell, wide enough for a window this many times
+    # the zoom prior's (a larger window is cut at the patch's edge); the patches, not K whole canvases, make the
+    # likelihood of each cell's object cheap
+    grid_reach: float = option(2.0,
+            "--model grid: the widest window drawn whole, in multiples of the zoom prior's window")
     # N: the most objects one image can be explained with
     max_steps: int = option(3,
             "N, the most objects per image")
@@ -149,6 +154,7 @@ class ModelConfig:
                    "'bernoulli', annealed to grid_prior_final)")
         _check(0 < self.grid_prior_final < 1, "grid_prior_final must be strictly between 0 and 1")
         _check(self.grid_prior_anneal_steps >= 0, "grid_prior_anneal_steps must be >= 0")
+        _check(0 < self.grid_reach <= 16, "grid_reach must be above 0 and at most 16")
         for name, most in MODEL_LIMITS.items():
             _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
         _check(self.image_size >= 4, "image_size must be at least 4")

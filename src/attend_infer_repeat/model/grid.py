@@ -13,7 +13,9 @@ places as :mod:`.air` is:
    prior); a present object has a zoom ``s ~ N(mu_s, sigma_s)``, a centre ``cell centre + (1 / G) tanh(u)``
    with ``u ~ N(0, I_2)`` (inside its own cell, as SPAIR's and SPACE's: each object belongs to the cell its centre
    lies in, so two cells cannot both centre on one digit) and ``z_what ~ N(0, I)``; each is drawn by the decoder
-   in its window and put on the canvas by the inverse transform; the canvas is their sum (or pixel-wise maximum);
+   in its window and put on the canvas by the inverse transform, within a patch around its cell (:class:`Patches`:
+   windows up to ``grid_reach`` times the prior's are drawn whole, wider ones cut at the patch's edge, so that a
+   cell's object costs its patch, not a whole canvas); the canvas is their sum (or pixel-wise maximum);
    x ~ N(canvas, sigma^2) (or Bernoulli). The count n is the number of present cells.
 2. **Guide** q(z | x) (:meth:`GridAIR.guide`): a CNN maps the image to a G x G feature map, and from each cell's
    features a small head proposes that cell's ``z_pres`` probability and the Gaussian posterior of ``(s, u)``;
@@ -87,6 +89,41 @@ class GridEncoder(nn.Module):
         return self.head(h).float().flatten(2).transpose(1, 2)  # (B, G*G, 7), cells in row-major order
 
 
+class Patches:
+    """Where each cell draws: a square patch of ``size`` pixels around the cell, wide enough for the cell plus
+    half of the widest window drawn whole (``grid_reach`` times the zoom prior's) on each side. The canvas is
+    padded by the patches' overhang to ``side`` x ``side`` pixels (the image in the middle), so that every patch
+    pixel has an index (``index``, (K, P * P), cells in row-major order) and the canvas of all objects is one
+    scatter of their patches; pixels of a patch outside the image (``inside`` 0) stay empty."""
+
+    def __init__(self, cfg: ModelConfig):
+        h, g = cfg.image_size, cfg.grid_size
+        cell = h / g
+        self.margin = math.ceil(cfg.grid_reach * h / cfg.scale_prior_mean / 2)
+        self.size = math.ceil(cell) + 1 + 2 * self.margin
+        self.image_size, self.side = h, h + 2 * self.margin + 2
+        first = torch.floor(torch.arange(g) * cell).long() - self.margin  # each cell's patch begins here
+        pixels = first[:, None] + torch.arange(self.size)  # (G, P) canvas pixels along either axis
+        coords = (2 * pixels.float() + 1) / h - 1  # their centres in normalised image coordinates
+        inside = ((pixels >= 0) & (pixels < h)).float()
+        row, col = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        row, col = row.flatten(), col.flatten()  # cell k = (row, col)
+        self.columns, self.rows = coords[col], coords[row]  # (K, P)
+        self.inside = (inside[row][:, :, None] * inside[col][:, None, :]).flatten(1)
+        at = pixels + self.margin  # indices into the padded canvas
+        self.index = (at[row][:, :, None] * self.side + at[col][:, None, :]).flatten(1)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, H, W) -> the padded canvas's pixels (B, S)."""
+        after = self.side - self.image_size - self.margin
+        return F.pad(x[:, 0], (self.margin, after, self.margin, after)).flatten(1)
+
+    def crop(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Padded canvases (..., S) -> the image's pixels (..., 1, H, W)."""
+        m, h = self.margin, self.image_size
+        return canvas.unflatten(-1, (self.side, self.side))[..., None, m:m + h, m:m + h]
+
+
 class GridAIR(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
@@ -104,6 +141,12 @@ class GridAIR(nn.Module):
         self.register_buffer("cell_centres", torch.stack([cx.flatten(), cy.flatten()], -1), persistent=False)
         self.register_buffer("where_prior_loc", torch.tensor([cfg.scale_prior_mean, 0.0, 0.0]), persistent=False)
         self.register_buffer("where_prior_std", torch.tensor([cfg.scale_prior_std, 1.0, 1.0]), persistent=False)
+        patches = Patches(cfg)
+        self.patch = patches
+        self.register_buffer("patch_columns", patches.columns, persistent=False)  # (K, P)
+        self.register_buffer("patch_rows", patches.rows, persistent=False)  # (K, P)
+        self.register_buffer("patch_inside", patches.inside, persistent=False)  # (K, P * P)
+        self.register_buffer("patch_index", patches.index, persistent=False)  # (K, P * P)
 
     @property
     def cells(self) -> int:
@@ -126,12 +169,48 @@ class GridAIR(nn.Module):
         offset = (1.0 / self.config.grid_size) * torch.tanh(su[..., 1:])
         return torch.cat([su[..., :1], self.cell_centres + offset], -1)
 
-    # drawing the objects, the canvas and the likelihood are AIR's: the same generative story from here on
-    draw = AIR.draw
+    # the canvas and the likelihood are AIR's: the same generative story from here on
     overlay = AIR.overlay
     compose = AIR.compose
-    render = AIR.render
     log_likelihood = AIR.log_likelihood
+
+    def draw_patches(self, z_what: torch.Tensor, z_where: torch.Tensor) -> torch.Tensor:
+        """Every cell's object on its patch of the canvas: z_what (B, K, D), z_where (B, K, 3) -> (B, K, P * P)
+        (zero outside the image). The same drawing as AIR's (:func:`.attention.place`), at the patch's pixels."""
+        cfg, (b, k) = self.config, z_what.shape[:2]
+        windows = self.decoder(z_what.reshape(b * k, -1))
+        placed = attention.place_at(windows, z_where.reshape(b * k, 3), self.patch_columns.repeat(b, 1),
+                                    self.patch_rows.repeat(b, 1), cfg.min_zoom)
+        return placed.view(b, k, -1) * self.patch_inside
+
+    def canvas_of(self, patches: torch.Tensor) -> torch.Tensor:
+        """The canvas of present objects' patches (B, K, P * P): (B, S) on the padded canvas (``self.patch``)."""
+        b = patches.size(0)
+        index = self.patch_index.flatten().expand(b, -1)
+        base = patches.new_zeros(b, self.patch.side ** 2)
+        if self.config.composition == "sum":
+            return base.scatter_add(1, index, patches.flatten(1))
+        return base.scatter_reduce(1, index, patches.flatten(1), "amax")  # objects are >= 0: zeros are neutral
+
+    def draw(self, z_what: torch.Tensor, z_where: torch.Tensor):
+        """As :meth:`AIR.draw`: each object on a canvas of its own (B, N, 1, H, W), and the windows. For the
+        cells' objects (N = K) these are the patches put on whole canvases; other N (the report draws single
+        objects) are drawn as AIR draws them."""
+        if z_where.size(1) != self.cells:
+            return AIR.draw(self, z_what, z_where)
+        b, k, w = *z_what.shape[:2], self.config.window_size
+        patches = self.draw_patches(z_what, z_where)
+        whole = patches.new_zeros(b, k, self.patch.side ** 2).scatter(2, self.patch_index.expand(b, -1, -1), patches)
+        windows = self.decoder(z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
+        return self.patch.crop(whole), windows
+
+    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
+        """As :meth:`AIR.render`: the canvas of the present objects (B, 1, H, W), and the windows."""
+        if z_where.size(1) != self.cells:
+            return AIR.render(self, z_what, z_where, z_pres)
+        b, k, w = *z_what.shape[:2], self.config.window_size
+        canvas = self.patch.crop(self.canvas_of(self.draw_patches(z_what, z_where) * z_pres[..., None]))
+        return canvas, self.decoder(z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
 
     @torch.no_grad()
     def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
@@ -192,22 +271,22 @@ class GridAIR(nn.Module):
         (B, K): evaluate at these presence values instead of a sample (the tests sum over all of them)."""
         q = self.guide(x, z_pres=z_pres)
         rho = (self.prior(train_step) if z_pres_prior is None else z_pres_prior).reshape(-1)[0].float()
-        placed, _ = self.draw(q.z_what, q.z_where)  # (B, K, 1, H, W)
+        patches = self.draw_patches(q.z_what, q.z_where)  # (B, K, P * P)
         z = q.z_pres  # (B, K), sampled
         kl_where = kl_normal(q.z_where_loc, q.z_where_std, self.where_prior_loc, self.where_prior_std).sum(-1)
         kl_what = kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1)
         object_cost = kl_where + kl_what  # (B, K): the KL of a cell's continuous latents when it is present
         kl_pres = kl_bernoulli(q.z_pres_logit, rho)  # (B, K)
 
-        canvas = self.compose(placed * z[:, :, None, None, None])
-        log_lik = self.log_likelihood(x, canvas)
+        canvas = self.canvas_of(patches * z[..., None])  # (B, S), the padded canvas
+        log_lik = self.log_likelihood(x, self.patch.crop(canvas))
         elbo = log_lik - (z * object_cost).sum(1) - kl_pres.sum(1)  # the ELBO estimate for this sample
 
         # Each cell with and without its object, the other cells as sampled (held fixed here, so that each cell's
         # term carries the gradient of its own latents only): gain_k = log p(x | others + object k) - log p(x |
         # others) - KL of its continuous latents
         q_pres = torch.sigmoid(q.z_pres_logit)
-        gain = self._likelihood_gains(x, canvas.detach(), placed, z) - object_cost  # (B, K), with gradient
+        gain = self._likelihood_gains(x, canvas.detach(), patches, z) - object_cost  # (B, K), with gradient
         # d/dq_k: the gain (held fixed); d/d(cell k's latents and the decoder): q_k d(gain_k)
         surrogate = (q_pres * gain.detach() + q_pres.detach() * gain).sum(1) - kl_pres.sum(1)
 
@@ -234,26 +313,33 @@ class GridAIR(nn.Module):
         log_p = self.log_likelihood(x, canvas) + log_p_pres + (q.z_pres * log_p_obj).sum(1)
         return log_p - log_q_pres - (q.z_pres * log_q_obj).sum(1)
 
-    def _likelihood_gains(self, x: torch.Tensor, canvas: torch.Tensor, placed: torch.Tensor,
+    def _likelihood_gains(self, x: torch.Tensor, canvas: torch.Tensor, patches: torch.Tensor,
                           z: torch.Tensor) -> torch.Tensor:
         """(B, K): log p(x | the other present objects and object k) - log p(x | the other present objects), for
-        every cell k; ``canvas`` (the sampled one) is held fixed, the gradient flows into object k alone.
+        every cell k, over its patch (outside it object k draws nothing, so both likelihoods agree there);
+        ``canvas`` (the sampled one, padded, (B, S)) is held fixed, the gradient flows into object k alone.
 
         Gaussian likelihood and summed objects (the default), in closed form: with r_k = x - (the others' canvas)
         = x - canvas + z_k o_k, the gain is sum_pixels (2 r_k o_k - o_k^2) / (2 sigma^2), a few operations per
-        pixel instead of two likelihoods of K canvases. Otherwise both likelihoods are computed."""
-        cfg = self.config
-        present = placed.detach() * z[:, :, None, None, None]
+        pixel instead of two likelihoods. Otherwise both likelihoods are computed."""
+        cfg, index = self.config, self.patch_index
+        present = patches.detach() * z[..., None]  # (B, K, P * P)
         if cfg.likelihood == "gaussian" and cfg.composition == "sum":
-            r = (x - canvas)[:, None] + present  # (B, K, 1, H, W)
-            return ((2 * r - placed) * placed).flatten(2).sum(-1) / (2 * cfg.likelihood_sigma ** 2)
+            r = (self.patch.pad(x) - canvas)[:, index] + present
+            return ((2 * r - patches) * patches).sum(-1) / (2 * cfg.likelihood_sigma ** 2)
+        mine = canvas[:, index]  # the canvas at each cell's patch
         if cfg.composition == "sum":
-            others = canvas[:, None] - present
-        else:  # the maximum over the others: the largest value unless cell k holds it, then the second largest
-            top = present.topk(2, dim=1).values if present.size(1) > 1 else torch.cat([present, 0 * present], 1)
-            others = torch.where(present >= top[:, :1], top[:, 1:2], top[:, :1])
-        with_k = self.overlay(others, placed)
-        return self.log_likelihood(x[:, None], with_k) - self.log_likelihood(x[:, None], others)
+            others = mine - present
+        else:  # the maximum over the others: the canvas unless cell k alone holds it there, then the second largest
+            top = (present >= mine) & (present > 0)
+            flat = index.flatten().expand(present.size(0), -1)
+            holders = torch.zeros_like(canvas).scatter_add(1, flat, top.to(present).flatten(1))[:, index]
+            second = self.canvas_of(present * ~top)[:, index]
+            others = torch.where(top & (holders == 1), second, mine)
+        shape = (*patches.shape[:2], 1, self.patch.size, self.patch.size)
+        xk = self.patch.pad(x)[:, index].view(shape)
+        with_k = self.overlay(others, patches)
+        return self.log_likelihood(xk, with_k.view(shape)) - self.log_likelihood(xk, others.view(shape))
 
     # ------------------------------------------------------------------------------------------------------
     # Inference API (as AIR's)
