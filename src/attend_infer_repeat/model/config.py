@@ -62,6 +62,10 @@ class ModelConfig:
     # grid: each object is drawn on a patch of the canvas around its cell, wide enough for a window this many times
     # the zoom prior's (a larger window is cut at the patch's edge); the patches, not K whole canvases, make the
     # likelihood of each cell's object cheap
+    # grid: each object is drawn with the centre of its ink on its window's centre (and so inside its own cell):
+    # a cell can explain only a digit whose ink is centred in it, not a neighbour's digit, nor a copy or a share of it
+    grid_centre_ink: bool = option(False,
+            "--model grid: draw each object with the centre of its ink on its window's centre (inside its cell)")
     grid_reach: float = option(2.0,
             "--model grid: the widest window drawn whole, in multiples of the zoom prior's window")
     # N: the most objects one image can be explained with

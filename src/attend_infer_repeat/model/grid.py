@@ -179,9 +179,22 @@ class GridAIR(nn.Module):
         (zero outside the image). The same drawing as AIR's (:func:`.attention.place`), at the patch's pixels."""
         cfg, (b, k) = self.config, z_what.shape[:2]
         windows = self.decoder(z_what.reshape(b * k, -1))
-        placed = attention.place_at(windows, z_where.reshape(b * k, 3), self.patch_columns.repeat(b, 1),
-                                    self.patch_rows.repeat(b, 1), cfg.min_zoom)
+        placed = attention.place_at(windows, self.placement(windows, z_where.reshape(b * k, 3)),
+                                    self.patch_columns.repeat(b, 1), self.patch_rows.repeat(b, 1), cfg.min_zoom)
         return placed.view(b, k, -1) * self.patch_inside
+
+    def placement(self, windows: torch.Tensor, z_where: torch.Tensor) -> torch.Tensor:
+        """Where each window (B, 1, w, w) is drawn, (B, 3): at z_where, or with ``grid_centre_ink`` shifted so
+        that the centre of its ink lands on z_where's centre (an empty window stays where it is)."""
+        if not self.config.grid_centre_ink:
+            return z_where
+        w = windows.size(-1)
+        u = (2 * torch.arange(w, dtype=windows.dtype, device=windows.device) + 1) / w - 1
+        ink = windows[:, 0]
+        mass = ink.sum((1, 2)) + 1e-3
+        centre = torch.stack([(ink.sum(1) * u).sum(1), (ink.sum(2) * u).sum(1)], -1) / mass[:, None]
+        s = attention.safe_zoom(z_where[:, :1], self.config.min_zoom)
+        return torch.cat([z_where[:, :1], z_where[:, 1:] - centre / s], -1)
 
     def canvas_of(self, patches: torch.Tensor) -> torch.Tensor:
         """The canvas of present objects' patches (B, K, P * P): (B, S) on the padded canvas (``self.patch``)."""
@@ -197,7 +210,12 @@ class GridAIR(nn.Module):
         cells' objects (N = K) these are the patches put on whole canvases; other N (the report draws single
         objects) are drawn as AIR draws them."""
         if z_where.size(1) != self.cells:
-            return AIR.draw(self, z_what, z_where)
+            if not self.config.grid_centre_ink:
+                return AIR.draw(self, z_what, z_where)
+            b, n, w = *z_what.shape[:2], self.config.window_size
+            windows = self.decoder(z_what.reshape(b * n, -1))
+            at = self.placement(windows, z_where.reshape(b * n, 3)).view(b, n, 3)
+            return AIR.draw(self, z_what, at)
         b, k, w = *z_what.shape[:2], self.config.window_size
         patches = self.draw_patches(z_what, z_where)
         whole = patches.new_zeros(b, k, self.patch.side ** 2).scatter(2, self.patch_index.expand(b, -1, -1), patches)
@@ -207,7 +225,8 @@ class GridAIR(nn.Module):
     def render(self, z_what: torch.Tensor, z_where: torch.Tensor, z_pres: torch.Tensor):
         """As :meth:`AIR.render`: the canvas of the present objects (B, 1, H, W), and the windows."""
         if z_where.size(1) != self.cells:
-            return AIR.render(self, z_what, z_where, z_pres)
+            placed, windows = self.draw(z_what, z_where)
+            return self.compose(placed * z_pres[:, :, None, None, None]), windows
         b, k, w = *z_what.shape[:2], self.config.window_size
         canvas = self.patch.crop(self.canvas_of(self.draw_patches(z_what, z_where) * z_pres[..., None]))
         return canvas, self.decoder(z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
