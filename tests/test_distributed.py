@@ -20,13 +20,14 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with Gloo is not available in this torch build")
 
 
-def tiny():
+def tiny(architecture: str = "air"):
+    grid = {"grid_size": 2} if architecture == "grid" else {}
     return ModelConfig(image_size=20, window_size=8, z_what_dim=4, lstm_hidden=16, encoder_hidden=16,
-                       decoder_hidden=16, predict_hidden=16, scale_prior_mean=2.0)
+                       decoder_hidden=16, predict_hidden=16, scale_prior_mean=2.0, architecture=architecture, **grid)
 
 
-def config(steps: int) -> RunConfig:
-    return RunConfig(model=tiny(), train=TrainConfig(steps=steps, batch_size=16, lr=1e-3, eval_every=1000,
+def config(steps: int, architecture: str = "air") -> RunConfig:
+    return RunConfig(model=tiny(architecture), train=TrainConfig(steps=steps, batch_size=16, lr=1e-3, eval_every=1000,
                                                      checkpoint_every=1000, log_every=1, seed=3, device="cpu",
                                                      precision="fp32", threads=1, compile="off", restarts=0))
 
@@ -37,10 +38,10 @@ def data() -> Data:
     return Data(u8, c, u8[:32], c[:32])
 
 
-def _rank(rank: int, port: int, run_dir: str, steps: int) -> None:
+def _rank(rank: int, port: int, run_dir: str, steps: int, architecture: str = "air") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
-    trainer = Trainer(config(steps), run_dir, data=data(), progress=False, tensorboard=False)
+    trainer = Trainer(config(steps, architecture), run_dir, data=data(), progress=False, tensorboard=False)
     # what this process applies at every step: the gradients (after DDP's all-reduce) and learning rates the
     # optimiser is handed, and the weights it leaves
     names = {id(p): n for n, p in trainer.model.named_parameters()}
@@ -108,18 +109,20 @@ def single_process_reference(cfg: RunConfig, run_dir) -> list[dict]:
 STEPS = 3
 
 
-def test_two_processes_match_the_single_process_run(tmp_path):
+@pytest.mark.parametrize("architecture", ["air", "grid"])
+def test_two_processes_match_the_single_process_run(tmp_path, architecture):
     """Three steps of 2-process DDP against the single-process reference, for BOTH processes, step by step.
 
     Gradients are compared directly, to 1e-5 of their norm: Adam is invariant to the scale of the gradient
     (m / sqrt(v), at every step, eps aside), so gradients summed instead of averaged across processes would move
     the weights by less than any float tolerance; here they are off by 100%. The weights after each step, to
     1e-6, catch a wrong learning rate (the cosine schedule changes it every step) or a process that steps
-    differently; the two processes' weights must be bitwise equal (they apply the same all-reduced update)."""
+    differently; the two processes' weights must be bitwise equal (they apply the same all-reduced update).
+    Both models: AIR and the grid model (``--model grid``)."""
     run = tmp_path / "ddp"
-    mp.spawn(_rank, args=(free_port(), str(run), STEPS), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), str(run), STEPS, architecture), nprocs=2, join=True)
     ranks = [torch.load(run / f"trace-rank{r}.pt") for r in (0, 1)]
-    want = single_process_reference(config(STEPS), tmp_path / "ref")
+    want = single_process_reference(config(STEPS, architecture), tmp_path / "ref")
     assert want[0]["lrs"]["model"] > want[1]["lrs"]["model"] > want[2]["lrs"]["model"]  # the schedule acts
 
     for rank, got in enumerate(ranks):

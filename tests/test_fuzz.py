@@ -11,6 +11,7 @@ and both are checked:
 Deterministic (seeded); the number of cases of each kind is printed with -s and asserted."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import struct
@@ -22,10 +23,11 @@ import torch
 from helpers import idx_bytes
 from PIL import Image
 
-from attend_infer_repeat import AIR, DataError, InputError
+from attend_infer_repeat import DataError, InputError
 from attend_infer_repeat.data import SceneConfig, Scenes, generate_scenes
 from attend_infer_repeat.data.images import read_inputs
 from attend_infer_repeat.data.mnist import read_idx
+from attend_infer_repeat.model import build_model
 
 SIZE = 20  # the tiny model's image size
 
@@ -151,8 +153,10 @@ def assert_well_formed(r, b: int, cfg) -> None:
             assert p.shape == (int(r.counts[i]), width) and torch.isfinite(p).all(), name
 
 
-def test_fuzz_infer(tiny_config):
-    model = AIR(tiny_config)
+@pytest.mark.parametrize("architecture", ["air", "grid"])
+def test_fuzz_infer(tiny_config, architecture):
+    tiny_config = dataclasses.replace(tiny_config, architecture=architecture, grid_size=2)
+    model = build_model(tiny_config)
     cases = infer_cases(np.random.default_rng(0))
     answered = refused = 0
     for k, case in enumerate(cases):
