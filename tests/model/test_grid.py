@@ -32,7 +32,7 @@ def test_config_builds_the_grid_model_and_refuses_what_it_has_not():
     assert isinstance(build_model(ModelConfig()), AIR)
     assert ModelConfig(architecture="grid").max_steps == 36  # 6 x 6 cells
     for bad, message in [({"dair": True}, "dair is AIR's"), ({"max_steps": 5}, "one object slot per cell"),
-                         ({"z_pres_estimator": "nvil"}, "local expectation"), ({"grid_size": 9}, "between 1 and 8"),
+                         ({"z_pres_estimator": "nvil"}, "local expectation"), ({"grid_size": 17}, "between 1 and 16"),
                          ({"architecture": "spair"}, "architecture must be one of")]:
         with pytest.raises(InputError, match=message):
             tiny(**bad)
@@ -183,6 +183,22 @@ def test_with_grid_centre_ink_each_object_is_drawn_centred_on_its_window():
     plain.load_state_dict(model.state_dict())
     moved = plain.draw(z_what, z_where)[0][:, :, 0]
     assert (moved - ink).abs().max() > 0.05  # the decoder's drawings are not centred by themselves
+
+
+def test_for_canvas_reads_a_larger_canvas_with_cells_and_windows_of_the_same_pixels():
+    torch.manual_seed(0)
+    model = GridAIR(tiny(image_size=32, grid_size=4, window_size=8, scale_prior_mean=4.0))
+    wide = model.for_canvas(64)
+    assert (wide.config.image_size, wide.config.grid_size, wide.cells) == (64, 8, 64)
+    assert wide.config.scale_prior_mean == 8.0 and wide.config.scale_prior_std == 2 * model.config.scale_prior_std
+    small, large = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 64, 64)
+    small[0, 0, 3:9, 4:10] = large[0, 0, 3:9, 4:10] = 1.0  # the same digit at the same pixels, top left
+    a, b = model.infer(small), wide.infer(large)
+    # the top-left cell sees the same pixels (the CNN's padding is the larger canvas's empty space) and so gives
+    # the same window in pixels and the same presence
+    assert torch.allclose(a.step_boxes[0, 0], b.step_boxes[0, 0], atol=1e-4)
+    assert torch.allclose(a.pres_probs[0, 0], b.pres_probs[0, 0], atol=1e-5)
+    assert torch.equal(wide.decoder.net[0].weight, model.decoder.net[0].weight)
 
 
 def test_crop_many_is_crop_of_each_window():

@@ -22,7 +22,7 @@ ARCHITECTURES = ("air", "grid")
 #: Upper bounds of the model's sizes, checked wherever a config is built (also from a checkpoint's saved
 #: config): far beyond any AIR in the literature, and small enough that building the model cannot allocate until
 #: memory runs out.
-MODEL_LIMITS = {"image_size": 1024, "max_steps": 64, "window_size": 256, "z_what_dim": 4096, "lstm_hidden": 8192,
+MODEL_LIMITS = {"image_size": 1024, "max_steps": 256, "window_size": 256, "z_what_dim": 4096, "lstm_hidden": 8192,
                 "encoder_hidden": 8192, "decoder_hidden": 8192, "predict_hidden": 8192}
 #: The most parameters a config may ask for (the default model has about 3 million).
 MAX_PARAMETERS = 200_000_000
@@ -66,6 +66,11 @@ class ModelConfig:
     # a cell can explain only a digit whose ink is centred in it, not a neighbour's digit, nor a copy or a share of it
     grid_centre_ink: bool = option(False,
             "--model grid: draw each object with the centre of its ink on its window's centre (inside its cell)")
+    # grid: for the first grid_alone_steps steps (weight falling linearly from 1 to 0), each object's continuous
+    # latents are also trained to explain its patch on their own, as if no other object were there: a digit that two
+    # cells split (each drawing a part, a stable point of the ELBO) is then drawn whole by both, and the ELBO keeps one
+    grid_alone_steps: int = option(0,
+            "--model grid: steps over which each object is also trained to explain its patch alone (0: never)")
     grid_reach: float = option(2.0,
             "--model grid: the widest window drawn whole, in multiples of the zoom prior's window")
     # N: the most objects one image can be explained with
@@ -146,7 +151,7 @@ class ModelConfig:
         _check_types(self)
         _check(self.architecture in ARCHITECTURES,
                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        _check(1 <= self.grid_size <= 8, f"grid_size must be between 1 and 8 (at most 64 cells), got {self.grid_size}")
+        _check(1 <= self.grid_size <= 16, f"grid_size must be between 1 and 16 (at most 256 cells), got {self.grid_size}")
         if self.architecture == "grid":  # a cell per object slot
             _check(self.max_steps in (3, self.grid_size ** 2), f"the grid model has one object slot per cell, "
                    f"grid_size ** 2 = {self.grid_size ** 2}; set grid_size rather than max_steps ({self.max_steps})")
@@ -159,6 +164,7 @@ class ModelConfig:
         _check(0 < self.grid_prior_final < 1, "grid_prior_final must be strictly between 0 and 1")
         _check(self.grid_prior_anneal_steps >= 0, "grid_prior_anneal_steps must be >= 0")
         _check(0 < self.grid_reach <= 16, "grid_reach must be above 0 and at most 16")
+        _check(self.grid_alone_steps >= 0, "grid_alone_steps must be >= 0")
         for name, most in MODEL_LIMITS.items():
             _check(getattr(self, name) <= most, f"{name} must be at most {most}, got {getattr(self, name)}")
         _check(self.image_size >= 4, "image_size must be at least 4")

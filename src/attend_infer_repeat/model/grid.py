@@ -44,6 +44,7 @@ evaluation, the report and ``air serve`` take it as they take AIR.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -141,6 +142,9 @@ class GridAIR(nn.Module):
         self.register_buffer("cell_centres", torch.stack([cx.flatten(), cy.flatten()], -1), persistent=False)
         self.register_buffer("where_prior_loc", torch.tensor([cfg.scale_prior_mean, 0.0, 0.0]), persistent=False)
         self.register_buffer("where_prior_std", torch.tensor([cfg.scale_prior_std, 1.0, 1.0]), persistent=False)
+        # (ratio, 1, 1): the zoom's offsets and stds in the scale of the canvas the weights were trained on
+        # (for_canvas); 1 for a model on its own canvas
+        self.register_buffer("zoom_scale", torch.ones(3), persistent=False)
         patches = Patches(cfg)
         self.patch = patches
         self.register_buffer("patch_columns", patches.columns, persistent=False)  # (K, P)
@@ -264,8 +268,8 @@ class GridAIR(nn.Module):
         b, k = x.size(0), self.cells
         out = self.propose(x)
         logit = out[..., 0]
-        su_loc = self.where_prior_loc + out[..., 1:4]
-        su_std = F.softplus(out[..., 4:7]) + 1e-4
+        su_loc = self.where_prior_loc + out[..., 1:4] * self.zoom_scale
+        su_std = (F.softplus(out[..., 4:7]) + 1e-4) * self.zoom_scale
         su = su_loc if deterministic else su_loc + su_std * torch.randn_like(su_loc)
         z_where = self.where(su)
         glimpses = attention.crop_many(x, z_where, cfg.window_size, cfg.min_zoom)  # (B, K, 1, w, w)
@@ -308,6 +312,10 @@ class GridAIR(nn.Module):
         gain = self._likelihood_gains(x, canvas.detach(), patches, z) - object_cost  # (B, K), with gradient
         # d/dq_k: the gain (held fixed); d/d(cell k's latents and the decoder): q_k d(gain_k)
         surrogate = (q_pres * gain.detach() + q_pres.detach() * gain).sum(1) - kl_pres.sum(1)
+        steps = self.config.grid_alone_steps
+        if steps and train_step < steps and self.training:  # not the ELBO: an early push (config.grid_alone_steps)
+            alone = self._likelihood_gains(x, torch.zeros_like(canvas), patches, torch.zeros_like(z))
+            surrogate = surrogate + (1 - train_step / steps) * (q_pres.detach() * (alone - object_cost)).sum(1)
 
         terms = {"log_lik": log_lik.mean(), "kl_where": (z * kl_where).sum(1).mean(),
                  "kl_what": (z * kl_what).sum(1).mean(), "kl_pres": kl_pres.sum(1).mean()}
@@ -367,6 +375,20 @@ class GridAIR(nn.Module):
         """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order), in smaller
         batches: every cell's object is placed on a canvas of its own."""
         return AIR.infer(self, images, batch_size, deterministic)
+
+    def for_canvas(self, image_size: int) -> "GridAIR":
+        """This model on a canvas of another size, for inference: cells and windows of the same size in pixels
+        (``grid_size`` scaled with the canvas, and with it the zoom prior and every proposed zoom), the same
+        weights (copied), so that a model trained on 84 x 84 scenes reads 128 x 128 ones as it reads its own."""
+        cfg = self.config
+        ratio = image_size / cfg.image_size
+        wider = dataclasses.replace(cfg, image_size=image_size, grid_size=max(1, round(cfg.grid_size * ratio)),
+                                    max_steps=3, scale_prior_mean=cfg.scale_prior_mean * ratio,
+                                    scale_prior_std=cfg.scale_prior_std * ratio)
+        model = GridAIR(wider).to(self.cell_centres.device)
+        model.load_state_dict(self.state_dict())
+        model.zoom_scale[0] = ratio * float(self.zoom_scale[0])
+        return model.train(self.training)
 
     def slot_presence(self, pres_probs: torch.Tensor) -> torch.Tensor:
         """q that each cell holds an object (B, K): its presence probability (the cells are independent)."""
