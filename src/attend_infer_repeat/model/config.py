@@ -151,7 +151,8 @@ class ModelConfig:
         _check_types(self)
         _check(self.architecture in ARCHITECTURES,
                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        _check(1 <= self.grid_size <= 16, f"grid_size must be between 1 and 16 (at most 256 cells), got {self.grid_size}")
+        _check(1 <= self.grid_size <= 16,
+               f"grid_size must be between 1 and 16 (at most 256 cells), got {self.grid_size}")
         if self.architecture == "grid":  # a cell per object slot
             _check(self.max_steps in (3, self.grid_size ** 2), f"the grid model has one object slot per cell, "
                    f"grid_size ** 2 = {self.grid_size ** 2}; set grid_size rather than max_steps ({self.max_steps})")
