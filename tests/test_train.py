@@ -323,17 +323,20 @@ def test_a_non_finite_gradient_with_a_finite_loss_skips_the_update(tiny_config, 
     assert summary["skipped_steps"] == 1 and torch.isfinite(params(tr.model)).all()
 
 
-def _trap_at_first_check(trainer):
-    """The trap check reports a trap the first time it runs in this trainer, nothing after (the check itself is
-    tested on models in each trap in test_diagnose.py; here only what the trainer does with its answer)."""
+def _trap_at_first_check(trainer, falling: bool = False):
+    """The trap check reports a trap at every look of the trainer's first attempt, nothing after (the check itself
+    is tested on models in each trap in test_diagnose.py; here only what the trainer does with its answer). The
+    trap's mark stays at 60% of the images, or with ``falling`` falls as 1 / step (60% at the first look)."""
     real = trainer.check_traps
     calls = []
 
     def check():
         calls.append(trainer.step)
         found = real()
-        if len(calls) == 1:
-            found["traps"] = [{"name": "split_objects", "rate": 0.6, "threshold": 0.35, "message": "made up"}]
+        if not trainer.restarts:
+            rate = 0.6 * trainer.trap_check_steps()[0] / trainer.step if falling else 0.6
+            found["traps"] = [{"name": "split_objects", "rate": rate, "threshold": 0.35, "message": "made up"}]
+            found["rates"] = {**found["rates"], "split_objects": rate}
         return found
 
     trainer.check_traps = check
@@ -349,14 +352,14 @@ def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, t
     tr = Trainer(cfg, tmp_path / "run", data=data, progress=False)
     calls = _trap_at_first_check(tr)
     summary = tr.fit()
-    assert calls[0] == 3  # the first evaluation from 12 / 6 steps on, within the first quarter of 12 steps ...
+    assert calls[:2] == [2, 4]  # looks at a sixth and a third of the 12 steps: the trap stayed ...
     assert summary["steps"] == 12 and len(summary["restarts"]) == 1  # ... and a full budget follows it
-    assert summary["restarts"][0]["step"] == 3 and summary["restarts"][0]["traps"][0]["name"] == "split_objects"
+    assert summary["restarts"][0]["step"] == 4 and summary["restarts"][0]["traps"][0]["name"] == "split_objects"
     assert "starting again from new initial weights (attempt 2 of at most 2)" in capsys.readouterr().err
     assert not torch.equal(params(tr.model), params(plain.model))  # other initial weights
     old = [json.loads(line) for line in (tmp_path / "run" / "attempt-1.metrics.jsonl").read_text().splitlines()]
     new = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in old) == 3 and new[0]["kind"] == "restart"
+    assert max(r["step"] for r in old) == 4 and new[0]["kind"] == "restart"
     steps = [r["step"] for r in new if r["kind"] == "train"]
     assert steps == sorted(steps) and steps[-1] == 12
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -384,12 +387,49 @@ def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path):
     assert torch.equal(params(resumed.model), params(full.model))
 
 
-def test_no_restart_after_the_first_quarter_of_the_budget(tiny_config, tmp_path):
-    tr = Trainer(tiny_run(tiny_config, steps=8, eval_every=3, restarts=2), tmp_path, data=tiny_data(),
+def test_the_early_check_does_not_wait_for_an_evaluation(tiny_config, tmp_path):
+    # a budget that is no multiple of the evaluation interval (3,000 steps evaluated every 1,000 used to go
+    # unchecked until the end): the looks come at a sixth and a third of this short budget all the same
+    tr = Trainer(tiny_run(tiny_config, steps=25, eval_every=7, restarts=1), tmp_path, data=tiny_data(),
                  progress=False)
     calls = _trap_at_first_check(tr)
     summary = tr.fit()
-    assert summary["restarts"] == [] and calls == [8]  # only the final check ran: step 3 is past 8 / 4
+    assert calls == [5, 9, 25]  # 25 / 3 rounded up and half that (a trap: the one restart allowed), the final check
+    assert [r["step"] for r in summary["restarts"]] == [9] and summary["steps"] == 25
+
+
+def test_a_trap_mark_that_falls_between_the_looks_is_a_model_still_learning(tiny_config, tmp_path):
+    tr = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=2), tmp_path, data=tiny_data(),
+                 progress=False)
+    calls = _trap_at_first_check(tr, falling=True)
+    summary = tr.fit()
+    assert summary["restarts"] == [] and calls == [2, 4, 12]  # 60% then 30%: no restart
+    assert [t["name"] for t in summary["traps"]] == ["split_objects"]  # ... but the final check still warns
+
+
+def test_the_first_look_survives_an_interruption(tiny_config, tmp_path):
+    cfg = tiny_run(tiny_config, steps=12, eval_every=3, checkpoint_every=1, restarts=1)
+    full = Trainer(cfg, tmp_path / "full", data=tiny_data(), progress=False)
+    _trap_at_first_check(full, falling=True)
+    full.fit()
+    part = Trainer(cfg, tmp_path / "part", data=tiny_data(), progress=False)
+    _trap_at_first_check(part, falling=True)
+    interrupt_at(part, 3)  # after the first look
+    assert part.fit()["interrupted"]
+    resumed = Trainer(cfg, tmp_path / "part", data=tiny_data(), progress=False)
+    calls = _trap_at_first_check(resumed, falling=True)
+    summary = resumed.fit(resume=True)
+    # its first call is the second look (30%): compared with the saved first look (60%), not with no look at all
+    assert calls[0] == 4 and summary["restarts"] == []
+    assert torch.equal(params(resumed.model), params(full.model))
+
+
+def test_no_early_check_without_restarts_left(tiny_config, tmp_path):
+    tr = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=0), tmp_path, data=tiny_data(),
+                 progress=False)
+    calls = _trap_at_first_check(tr)
+    summary = tr.fit()
+    assert summary["restarts"] == [] and calls == [12]  # only the final check ran
 
 
 def test_progress_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():

@@ -182,7 +182,7 @@ def training_state(trainer) -> dict:
     return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(),
             "step": trainer.step, "train_seconds": trainer.train_s, "best": dict(trainer.best),
             "skipped_steps": trainer.skipped_steps, "rollbacks": trainer.rollbacks, "lr_scale": trainer.lr_scale,
-            "restarts": json.dumps(trainer.restarts),
+            "restarts": json.dumps(trainer.restarts), "first_look": json.dumps(trainer.first_look),
             "rng": {"torch": torch.get_rng_state(), "order": trainer.order_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "data_order": {"perm": trainer.perm, "pos": trainer.pos}}
@@ -212,6 +212,7 @@ def restore_training(trainer, path: str | Path) -> None:
         trainer.skipped_steps = int(state.get("skipped_steps", 0))
         trainer.rollbacks, trainer.lr_scale = int(state.get("rollbacks", 0)), lr_scale
         trainer.restarts = json.loads(state.get("restarts", "[]"))
+        trainer.first_look = json.loads(state.get("first_look", "null"))
         torch.set_rng_state(state["rng"]["torch"])
         trainer.order_gen.set_state(state["rng"]["order"])
         if state["rng"]["cuda"] and torch.cuda.is_available():

@@ -49,14 +49,31 @@ from .runtime import (
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
-RESTART_AT, RESTART_WINDOW = 1 / 6, 1 / 4  # the early trap check: the first evaluation from 1/6 of the step budget
-# on, if that comes before 1/4 of it (one check per attempt: a model this far in is past its first minutes of
-# learning, and starting again costs at most a quarter of the budget)
+# The early trap check looks twice per attempt, at steps 500 and 1,000 (at a sixth and a third of budgets under 3,000
+# steps), and starts the run again only for a trap found at the second look whose mark has not fallen by a quarter
+# since the first: a trap stays, while a model that is still learning shows the same marks, falling (DAIR on 0, 1
+# and 3 digits: duplicates in 19-35% of the images at step 500, 2-9% at 1,000 in 7 of 8 seeds; a single look at
+# 1,000 restarted all 8). The looks come at fixed steps because how far a model has got depends on its steps, not
+# on its budget (a trap forms within about 300 steps at the default learning rate), and they do not wait for an
+# evaluation: tied to the first evaluation from a sixth of the budget on, a run of 3,000 steps evaluated every 1,000
+# was never checked early, and a seed trapped from step 300 on trained to the end at 35%
+# (benchmarks/results/trap_check_looks.json)
+RESTART_STEP, RESTART_SHARE = 1000, 1 / 3  # the second look: at this step, or at this share of a shorter budget
+TRAP_PERSISTS = 0.75  # a trap's mark at the second look, as a share of the first, from which it counts as staying
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train a model with ``cfg`` into ``run_dir`` (or continue it with ``resume``); returns the summary."""
     return Trainer(cfg, run_dir, progress=progress).fit(resume=resume)
+
+
+def staying_traps(report: dict, first_look: dict[str, float] | None) -> list[dict]:
+    """The traps of a trap check's ``report`` (diagnose.check_traps) that a run starts again for: those that do not
+    go away by themselves (RESTART_TRAPS) and whose mark is at least ``TRAP_PERSISTS`` times what an earlier look
+    saw (``first_look``, its rates; None: no earlier look, every such trap counts)."""
+    before = first_look or {}
+    return [trap for trap in report["traps"] if trap["name"] in RESTART_TRAPS
+            and report["rates"][trap["name"]] >= TRAP_PERSISTS * before.get(trap["name"], 0.0)]
 
 
 class Trainer:
@@ -112,6 +129,7 @@ class Trainer:
         self.consecutive_skips = 0
         self.rollbacks = 0  # returns to the last good checkpoint after runs of non-finite steps
         self.restarts: list[dict] = []  # attempts given up because the trap check found a trap in them
+        self.first_look: dict[str, float] | None = None  # the trap marks at this attempt's first early look
         self.lr_scale = 1.0  # halved by each rollback
         self.events: list[dict] = []  # rollbacks, written to metrics.jsonl by the loop
         self.train_s = 0.0
@@ -192,9 +210,8 @@ class Trainer:
                     if _rank_key(ev) > _rank_key(self.best):
                         self.best = {"count_acc": ev["count_acc"], "elbo": ev["elbo"], "step": self.step}
                         self.save("best.pt")
-                if self.step == self.trap_check_step() and self.can_restart():
-                    found = [trap for trap in self.check_traps()["traps"] if trap["name"] in RESTART_TRAPS] \
-                        if self.is_main else []
+                if self.step in self.trap_check_steps() and self.can_restart():
+                    found = self.early_trap_check() if self.is_main else []
                     if self.all_agree(bool(found)):
                         self.restart(found)
                         continue
@@ -432,11 +449,21 @@ class Trainer:
         t = self.cfg.train
         return len(self.restarts) < t.restarts and not t.init_from and self.cfg.model.architecture == "air"
 
-    def trap_check_step(self) -> int | None:
-        """The step of this attempt's early trap check (None: no evaluation falls in the window)."""
-        t = self.cfg.train
-        step = math.ceil(RESTART_AT * t.steps / t.eval_every) * t.eval_every
-        return step if step <= RESTART_WINDOW * t.steps else None
+    def trap_check_steps(self) -> tuple[int, int]:
+        """The steps of this attempt's two early looks (500 and 1,000; a sixth and a third of a shorter budget)."""
+        second = max(1, min(RESTART_STEP, math.ceil(RESTART_SHARE * self.cfg.train.steps)))
+        return math.ceil(second / 2), second
+
+    def early_trap_check(self) -> list[dict]:
+        """One early look: the traps to start again for (at the second look: those found whose mark has not
+        fallen below ``TRAP_PERSISTS`` times its first look's; none at the first look, which only notes the marks).
+        Where both looks fall on one step (a budget of a few steps), that look decides alone."""
+        report = self.check_traps()
+        first, second = self.trap_check_steps()
+        if self.step == first and first != second:
+            self.first_look = dict(report["rates"])
+            return []
+        return staying_traps(report, self.first_look)
 
     def restart(self, found: list[dict]) -> None:
         """Give up this attempt (its trap check found ``found``) and start again from new initial weights.
@@ -453,6 +480,7 @@ class Trainer:
         if self.world > 1:
             torch.manual_seed(rank_seed(attempt_seed(t.seed, k), self.rank))
         self.step, self.lr_scale, self.consecutive_skips = 0, 1.0, 0
+        self.first_look = None
         self.best = {"count_acc": -1.0, "elbo": -float("inf"), "step": 0}
         names = ", ".join(f["name"] for f in found)
         message = (f"the trap check after step {self.restarts[-1]['step']} found {names}; starting again from new "
