@@ -1,8 +1,8 @@
 """How often a first attempt falls into a known trap, per setting: the share of seeds whose early trap check (the
 two looks `air train` takes at steps 500 and 1,000 of its 6,000-step schedule, diagnose.py, no labels) finds a
 trap that stays and makes the trainer start again. Each seed trains only up to that check (eagerly, on the default
-schedule), so a setting's base rate costs about a sixth of a full sweep. The held-out count accuracy at the check is recorded beside it, to
-see that a flagged attempt really is a bad one.
+schedule), so a setting's base rate costs about a sixth of a full sweep. The held-out count accuracy at each look
+is recorded beside it, to see that a flagged attempt really is a bad one.
 
 usage: python benchmarks/trap_rate.py [--seeds 0-19] [--setting NAME key=value ...] [--out FILE]
 e.g.   python benchmarks/trap_rate.py --setting default --setting zoom2.5 scale_prior_mean=2.5
