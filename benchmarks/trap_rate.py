@@ -44,8 +44,8 @@ def first_check(seed: int, overrides: dict, threads: int, checks: list[int] | No
     import torch
 
     from attend_infer_repeat.config import ModelConfig, RunConfig, TrainConfig
-    from attend_infer_repeat.diagnose import RESTART_TRAPS
-    from attend_infer_repeat.train import Trainer, staying_traps
+    from attend_infer_repeat.diagnose import RESTART_TRAPS, staying_traps
+    from attend_infer_repeat.train import Trainer
 
     torch.set_num_threads(threads)
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -20,6 +20,7 @@ from its loss curve. Each trap leaves a mark in what the model infers on images,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,6 +48,36 @@ TRAP_RATES = {"duplicate_objects": 0.02, "split_objects": 0.35, "blank_objects":
 #: runs on 18-32 px digits that went on to count well, 6% of the images), while the over-counting marks and a
 #: constant count do not go away once they appear.
 RESTART_TRAPS = ("duplicate_objects", "split_objects", "blank_objects", "constant_count")
+
+# The early trap check looks twice per attempt, at steps 500 and 1,000 (at a sixth and a third of budgets under 3,000
+# steps), and starts the run again only for a trap found at the second look whose mark has not fallen by a quarter
+# since the first: a trap stays, while a model that is still learning shows the same marks, falling (DAIR on 0, 1
+# and 3 digits: duplicates in 19-35% of the images at step 500, 2-9% at 1,000 in 7 of 8 seeds; a single look at
+# 1,000 restarted all 8). The looks come at fixed steps because how far a model has got depends on its steps, not
+# on its budget (a trap forms within about 300 steps at the default learning rate), and they do not wait for an
+# evaluation: tied to the first evaluation from a sixth of the budget on, a run of 3,000 steps evaluated every 1,000
+# was never checked early, and a seed trapped from step 300 on trained to the end at 35%
+# (benchmarks/results/trap_check_looks.json)
+RESTART_STEP, RESTART_SHARE = 1000, 1 / 3  # the second look: at this step, or at this share of a shorter budget
+TRAP_PERSISTS = 0.75  # a trap's mark at the second look, as a share of the first, from which it counts as staying
+
+
+def staying_traps(report: dict, first_look: dict[str, float] | None) -> list[dict]:
+    """The traps of a trap check's ``report`` (diagnose.check_traps) that a run starts again for: those that do not
+    go away by themselves (RESTART_TRAPS) and whose mark is at least ``TRAP_PERSISTS`` times what an earlier look
+    saw (``first_look``, its rates; None: no earlier look, every such trap counts)."""
+    before = first_look or {}
+    return [trap for trap in report["traps"] if trap["name"] in RESTART_TRAPS
+            and report["rates"][trap["name"]] >= TRAP_PERSISTS * before.get(trap["name"], 0.0)]
+
+
+def early_look_steps(steps: int) -> tuple[int, ...]:
+    """The steps of a run's two early looks (500 and 1,000; a sixth and a third of a shorter budget; none for a
+    budget too short to hold two)."""
+    second = min(RESTART_STEP, math.ceil(RESTART_SHARE * steps))
+    first = math.ceil(second / 2)
+    return (first, second) if 1 <= first < second else ()
+
 
 ADVICE = {
     "duplicate_objects": "two present steps explain one object (it is counted twice, or split in two)",

@@ -27,7 +27,7 @@ from .checkpoint import (
     training_state,
 )
 from .config import RunConfig
-from .diagnose import RESTART_TRAPS, check_traps
+from .diagnose import check_traps, early_look_steps, staying_traps
 from .errors import AIRError, CheckpointError, InputError
 from .evaluate import as_float_batch, evaluate_counts, seeded
 from .model import build_model
@@ -49,31 +49,11 @@ from .runtime import (
 
 MAX_CONSECUTIVE_SKIPS = 20  # this many non-finite steps in a row: roll back to the last good checkpoint
 MAX_ROLLBACKS = 3  # ... at most this many times, then stop with a clear error
-# The early trap check looks twice per attempt, at steps 500 and 1,000 (at a sixth and a third of budgets under 3,000
-# steps), and starts the run again only for a trap found at the second look whose mark has not fallen by a quarter
-# since the first: a trap stays, while a model that is still learning shows the same marks, falling (DAIR on 0, 1
-# and 3 digits: duplicates in 19-35% of the images at step 500, 2-9% at 1,000 in 7 of 8 seeds; a single look at
-# 1,000 restarted all 8). The looks come at fixed steps because how far a model has got depends on its steps, not
-# on its budget (a trap forms within about 300 steps at the default learning rate), and they do not wait for an
-# evaluation: tied to the first evaluation from a sixth of the budget on, a run of 3,000 steps evaluated every 1,000
-# was never checked early, and a seed trapped from step 300 on trained to the end at 35%
-# (benchmarks/results/trap_check_looks.json)
-RESTART_STEP, RESTART_SHARE = 1000, 1 / 3  # the second look: at this step, or at this share of a shorter budget
-TRAP_PERSISTS = 0.75  # a trap's mark at the second look, as a share of the first, from which it counts as staying
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train a model with ``cfg`` into ``run_dir`` (or continue it with ``resume``); returns the summary."""
     return Trainer(cfg, run_dir, progress=progress).fit(resume=resume)
-
-
-def staying_traps(report: dict, first_look: dict[str, float] | None) -> list[dict]:
-    """The traps of a trap check's ``report`` (diagnose.check_traps) that a run starts again for: those that do not
-    go away by themselves (RESTART_TRAPS) and whose mark is at least ``TRAP_PERSISTS`` times what an earlier look
-    saw (``first_look``, its rates; None: no earlier look, every such trap counts)."""
-    before = first_look or {}
-    return [trap for trap in report["traps"] if trap["name"] in RESTART_TRAPS
-            and report["rates"][trap["name"]] >= TRAP_PERSISTS * before.get(trap["name"], 0.0)]
 
 
 class Trainer:
@@ -129,7 +109,7 @@ class Trainer:
         self.consecutive_skips = 0
         self.rollbacks = 0  # returns to the last good checkpoint after runs of non-finite steps
         self.restarts: list[dict] = []  # attempts given up because the trap check found a trap in them
-        self.first_look: dict[str, float] | None = None  # the trap marks at this attempt's first early look
+        self.first_look: dict[str, float] | None = None  # the marks at the first early look
         self.lr_scale = 1.0  # halved by each rollback
         self.events: list[dict] = []  # rollbacks, written to metrics.jsonl by the loop
         self.train_s = 0.0
@@ -442,28 +422,20 @@ class Trainer:
             return check_traps(self.model, images)
 
     def can_restart(self) -> bool:
-        """Whether the early trap check may start this run again: attempts left, new weights to start from (not
-        with --init-from), and AIR's model. The grid model's shared and split digits come back with any weights
-        (benchmarks/results/grid_probes*.json), so a restart would only spend its budget; its final trap check
-        still warns."""
+        """Attempts left, new weights to start from (not --init-from), and AIR's model: the grid model's shared and
+        split digits come back with any weights (results/grid_probes*.json); its final trap check still warns."""
         t = self.cfg.train
         return len(self.restarts) < t.restarts and not t.init_from and self.cfg.model.architecture == "air"
 
-    def trap_check_steps(self) -> tuple[int, int]:
-        """The steps of this attempt's two early looks (500 and 1,000; a sixth and a third of a shorter budget)."""
-        second = max(1, min(RESTART_STEP, math.ceil(RESTART_SHARE * self.cfg.train.steps)))
-        return math.ceil(second / 2), second
+    def trap_check_steps(self) -> tuple[int, ...]:  # this attempt's two early looks
+        return early_look_steps(self.cfg.train.steps)
 
     def early_trap_check(self) -> list[dict]:
-        """One early look: the traps to start again for (at the second look: those found whose mark has not
-        fallen below ``TRAP_PERSISTS`` times its first look's; none at the first look, which only notes the marks).
-        Where both looks fall on one step (a budget of a few steps), that look decides alone."""
-        report = self.check_traps()
-        first, second = self.trap_check_steps()
-        if self.step == first and first != second:
-            self.first_look = dict(report["rates"])
-            return []
-        return staying_traps(report, self.first_look)
+        """One early look: at the first, note the marks (no trap yet); at the second, the traps that stayed."""
+        if self.step != self.trap_check_steps()[0]:
+            return staying_traps(self.check_traps(), self.first_look)
+        self.first_look = dict(self.check_traps()["rates"])
+        return []
 
     def restart(self, found: list[dict]) -> None:
         """Give up this attempt (its trap check found ``found``) and start again from new initial weights.
