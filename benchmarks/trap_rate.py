@@ -65,7 +65,7 @@ def first_check(seed: int, overrides: dict, threads: int, checks: list[int] | No
                               rates=report["rates"],
                               count_acc=self.evaluate(self.cfg.train.eval_size)["count_acc"]))
             # the attempt's fate is decided at its last early look; the rest of the schedule is not needed
-            self.stop_requested = self.step >= max(self.trap_check_steps())
+            self.stop_requested = self.step >= max(self.trap_check_steps(), default=0)
             return {"traps": [], "rates": report["rates"]}
 
     t0 = time.time()
@@ -85,15 +85,15 @@ def main() -> None:
     p.add_argument("--setting", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
                    help="a named setting: ModelConfig/TrainConfig fields that differ from the defaults (repeatable)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--checks", default=None, help="steps of the early looks (default: the trainer's own, a twelfth "
-                   "and a sixth of the budget), e.g. 500,750,1000: 'trapped' is the last look's verdict, its traps "
-                   "compared with the first look's as the trainer compares its two")
+    p.add_argument("--checks", default=None, help="steps of the early looks (default: the trainer's own, steps 500 "
+                   "and 1,000: diagnose.early_look_steps), e.g. 500,750,1000: 'trapped' is the last look's verdict, "
+                   "its traps compared with the first look's as the trainer compares its two")
     p.add_argument("--out", default=str(HERE / "results" / "trap_rate.json"))
     args = p.parse_args()
     settings = parse_settings(args.setting)
     checks = [int(c) for c in args.checks.split(",")] if args.checks else None
     out = {"benchmark": "trap_rate", **record(), "seeds": parse_seeds(args.seeds), "settings": settings,
-           "checks": checks or "the trainer's (a twelfth and a sixth of the step budget)",
+           "checks": checks or "the trainer's (diagnose.early_look_steps: 500 and 1,000)",
            "results": {name: [] for name in settings}}
     for seed in out["seeds"]:  # seeds outermost: the settings meet the same drift of the machine
         for name, overrides in settings.items():

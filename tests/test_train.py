@@ -343,6 +343,14 @@ def _trap_at_first_check(trainer, falling: bool = False):
     return calls
 
 
+def _fit_with_trap(tiny_config, tmp_path, falling: bool = False, **train):
+    """A tiny run whose trap check reports a trap in its first attempt (``_trap_at_first_check``): the steps the
+    check ran at, and the run's summary."""
+    tr = Trainer(tiny_run(tiny_config, **train), tmp_path, data=tiny_data(), progress=False)
+    calls = _trap_at_first_check(tr, falling)
+    return calls, tr.fit()
+
+
 def test_a_trap_found_early_starts_the_run_again_from_new_weights(tiny_config, tmp_path, capsys):
     data = tiny_data()
     cfg = tiny_run(tiny_config, steps=12, eval_every=3, restarts=1)
@@ -390,19 +398,13 @@ def test_a_restarted_run_resumes_exactly(tiny_config, tmp_path):
 def test_the_early_check_does_not_wait_for_an_evaluation(tiny_config, tmp_path):
     # a budget that is no multiple of the evaluation interval (3,000 steps evaluated every 1,000 used to go
     # unchecked until the end): the looks come at a sixth and a third of this short budget all the same
-    tr = Trainer(tiny_run(tiny_config, steps=25, eval_every=7, restarts=1), tmp_path, data=tiny_data(),
-                 progress=False)
-    calls = _trap_at_first_check(tr)
-    summary = tr.fit()
+    calls, summary = _fit_with_trap(tiny_config, tmp_path, steps=25, eval_every=7, restarts=1)
     assert calls == [5, 9, 25]  # 25 / 3 rounded up and half that (a trap: the one restart allowed), the final check
     assert [r["step"] for r in summary["restarts"]] == [9] and summary["steps"] == 25
 
 
 def test_a_trap_mark_that_falls_between_the_looks_is_a_model_still_learning(tiny_config, tmp_path):
-    tr = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=2), tmp_path, data=tiny_data(),
-                 progress=False)
-    calls = _trap_at_first_check(tr, falling=True)
-    summary = tr.fit()
+    calls, summary = _fit_with_trap(tiny_config, tmp_path, falling=True, steps=12, eval_every=3, restarts=2)
     assert summary["restarts"] == [] and calls == [2, 4, 12]  # 60% then 30%: no restart
     assert [t["name"] for t in summary["traps"]] == ["split_objects"]  # ... but the final check still warns
 
@@ -425,10 +427,7 @@ def test_the_first_look_survives_an_interruption(tiny_config, tmp_path):
 
 
 def test_no_early_check_without_restarts_left(tiny_config, tmp_path):
-    tr = Trainer(tiny_run(tiny_config, steps=12, eval_every=3, restarts=0), tmp_path, data=tiny_data(),
-                 progress=False)
-    calls = _trap_at_first_check(tr)
-    summary = tr.fit()
+    calls, summary = _fit_with_trap(tiny_config, tmp_path, steps=12, eval_every=3, restarts=0)
     assert summary["restarts"] == [] and calls == [12]  # only the final check ran
 
 

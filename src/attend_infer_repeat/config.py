@@ -101,7 +101,7 @@ class TrainConfig:
     eval_every: int = option(1000,
             "held-out evaluation every N steps")
     # how often a run may start again from new initial weights when the trap check (diagnose.py: no labels) finds
-    # a known bad optimum early on, one that stays (train.RESTART_LOOKS)
+    # a known bad optimum early on, one that stays (diagnose.early_look_steps, diagnose.staying_traps)
     restarts: int = option(2,
             "start again from new initial weights, at most this many times, when the trap check (no labels needed) "
             "finds a known bad optimum early in training (0: never)")
