@@ -183,3 +183,18 @@ def test_average_precision_ranks_detections_across_images():
 
     with pytest.raises(InputError, match="predicted box sets"):
         average_precision(perfect, [np.zeros(2)], truth)
+
+
+def test_boxes_past_the_canvas_edge_are_predictions_not_padding():
+    """A window may reach past the top or left edge (negative coordinates): it is still a predicted box, in the
+    localisation metrics and in AP (it used to be dropped as padding, and AP then indexed past the boxes)."""
+    from attend_infer_repeat.errors import InputError
+    from attend_infer_repeat.evaluate import average_precision, localisation_metrics
+
+    truth = np.array([[[0, 0, 10, 10], [-1, -1, -1, -1]]], float)
+    edge = [np.array([[-2.0, -1.0, 10.0, 10.0]])]  # IoU 100/132 with the digit
+    out = localisation_metrics(edge, truth)
+    assert out["predicted_boxes"] == 1 and out["hits"] == 1 and out["mean_iou"] == pytest.approx(100 / 132)
+    assert average_precision(edge, [np.array([0.9])], truth) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="1 predicted boxes but 2 scores"):
+        average_precision(edge, [np.array([0.9, 0.5])], truth)

@@ -108,6 +108,12 @@ def _real_boxes(b) -> np.ndarray:
     return b[real_box_rows(b)]
 
 
+def _predicted_boxes(b) -> np.ndarray:
+    """A model's boxes (n, 4), every row real: a window may reach past the canvas's top or left edge, so a
+    negative coordinate is not the padding that true boxes carry."""
+    return np.asarray(b, dtype=np.float64).reshape(-1, 4)
+
+
 def localisation_metrics(pred_boxes, true_boxes, iou_threshold: float = 0.5) -> dict[str, float]:
     """Boxes found vs true boxes over a data set (one (n_i, 4) array per image; true boxes may carry -1
     padding rows). Per image the boxes are matched by :func:`match_boxes`; then
@@ -119,7 +125,7 @@ def localisation_metrics(pred_boxes, true_boxes, iou_threshold: float = 0.5) -> 
         raise InputError(f"{len(pred_boxes)} predicted box sets for {len(true_boxes)} images")
     ious, hits, n_pred, n_true = [], 0, 0, 0
     for p, t in zip(pred_boxes, true_boxes):
-        p, t = _real_boxes(p), _real_boxes(t)
+        p, t = _predicted_boxes(p), _real_boxes(t)
         n_pred += len(p)
         n_true += len(t)
         for _, _, iou in match_boxes(p, t):
@@ -149,7 +155,10 @@ def average_precision(pred_boxes, scores, true_boxes, iou_threshold: float = 0.5
     ranked = sorted(((float(s), i, j) for i, ss in enumerate(scores) for j, s in enumerate(np.asarray(ss))),
                     key=lambda r: -r[0])
     taken = [np.zeros(len(t), bool) for t in truth]
-    preds = [_real_boxes(p) for p in pred_boxes]
+    preds = [_predicted_boxes(p) for p in pred_boxes]
+    for i, (p, s) in enumerate(zip(preds, scores)):
+        if len(p) != len(np.asarray(s).reshape(-1)):
+            raise InputError(f"image {i} has {len(p)} predicted boxes but {len(np.asarray(s).reshape(-1))} scores")
     hits = np.zeros(len(ranked))
     for r, (_, i, j) in enumerate(ranked):
         if len(truth[i]) == 0:
