@@ -20,9 +20,9 @@ def window(cx: float, cy: float, side: float) -> tuple[float, float, float]:
     return SIZE / side, cx / (SIZE / 2) - 1, cy / (SIZE / 2) - 1
 
 
-def trap_model(steps: list[tuple[bool, tuple[float, float, float]]]) -> AIR:
+def trap_model(steps: list[tuple[bool, tuple[float, float, float]]], dair: bool = False) -> AIR:
     cfg = ModelConfig(image_size=SIZE, window_size=8, z_what_dim=4, lstm_hidden=16, encoder_hidden=8,
-                      decoder_hidden=8, predict_hidden=16, max_steps=len(steps), scale_prior_mean=2.0)
+                      decoder_hidden=8, predict_hidden=16, max_steps=len(steps), scale_prior_mean=2.0, dair=dair)
     torch.manual_seed(0)
     model = AIR(cfg)
     h = cfg.lstm_hidden
@@ -91,7 +91,14 @@ def test_two_windows_on_one_object():
     result = check_traps(model, images(BLOB))
     assert "duplicate_objects" in names(result)
     trap = next(t for t in result["traps"] if t["name"] == "duplicate_objects")
-    assert trap["rate"] == 1.0 and "--seed" in trap["message"]
+    assert trap["rate"] == 1.0 and "--seed" in trap["message"] and "--dair" in trap["message"]
+
+
+def test_the_advice_does_not_suggest_dair_to_a_dair_model():
+    """The same two windows on one object in a DAIR run: another --seed, and no '--dair' for a run that has it."""
+    result = check_traps(trap_model([(True, ON_BLOB), (True, ON_BLOB), (False, ON_BLOB)], dair=True), images(BLOB))
+    trap = next(t for t in result["traps"] if t["name"] == "duplicate_objects")
+    assert "--seed" in trap["message"] and "--dair" not in trap["message"]
 
 
 def test_an_object_split_in_two():

@@ -185,7 +185,7 @@ def check_traps(model: AIR, images, batch_size: int = 500) -> dict:
                 f", the most its {n_steps} steps allow (every step always says 'present')")
         else:
             seen = f"in {rate:.1%} of the images {ADVICE[name]}"
-        traps.append(Trap(name, rate, TRAP_RATES[name], f"{seen}; {_what_to_do(name, top, n_steps)}"))
+        traps.append(Trap(name, rate, TRAP_RATES[name], f"{seen}; {_what_to_do(name, top, n_steps, model.config)}"))
     return {"traps": [t.to_dict() for t in traps], "rates": rates, "images": n,
             "count_histogram": hist.tolist(), "median_object_ink": typical}
 
@@ -207,13 +207,15 @@ def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _what_to_do(name: str, top: int, n_steps: int) -> str:
+def _what_to_do(name: str, top: int, n_steps: int, cfg) -> str:
+    """The advice for a trap, for the model at hand: --dair only where it is not on already (and not for the
+    grid model, which has no steps), --grid-size rather than --max-steps for the grid model."""
     if name == "unexplained_ink" or (name == "constant_count" and top == n_steps):
-        return (f"if images can hold more than {n_steps} objects, raise --max-steps; otherwise train again with "
-                "another --seed")
+        more = "raise --grid-size" if cfg.architecture == "grid" else "raise --max-steps"
+        return f"if images can hold more than {n_steps} objects, {more}; otherwise train again with another --seed"
     if name == "constant_count":
         return "train again with another --seed (a lower --lr helps if it happens again)"
+    dair = "" if cfg.dair or cfg.architecture == "grid" else " (or with --dair, which sees what is left to explain)"
     if name == "split_objects":
-        return ("if the objects in these images do not touch, train again with another --seed (or with --dair, "
-                "which sees what is left to explain)")
-    return "train again with another --seed (or with --dair, which sees what is left to explain)"
+        return f"if the objects in these images do not touch, train again with another --seed{dair}"
+    return f"train again with another --seed{dair}"
