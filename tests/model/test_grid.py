@@ -282,3 +282,21 @@ def test_air_serve_decomposes_with_the_grid_model():
     assert all(len(s["crop"]) == 6 * 6 and len(s["window"]) == 6 * 6 for s in present)
     generated = service.generate(2, 3, 1)
     assert [s["count"] for s in generated["scenes"]] == [3, 3]
+
+
+def test_inference_reads_each_objects_box_from_its_patch_as_from_a_canvas_of_its_own():
+    """infer draws each cell's object on its patch only; the boxes of what it draws, the reconstruction and the
+    windows are those of AIR's way (every object on a whole canvas), for objects cut at a patch's or the
+    image's edge too (grid 3 on 20 px: patches reach past the image on every side)."""
+    torch.manual_seed(1)
+    model = GridAIR(tiny(grid_size=3, image_size=20)).eval()
+    with torch.no_grad():
+        model.decoder.net.last.bias.normal_(0.0, 3.0)  # ink in some pixels, none in others
+        model.propose.head[-1].bias[0] = 3.0  # every cell present
+    x = images(6, size=20, seed=2)
+    with torch.no_grad():
+        q, canvas, windows, boxes = model.inferred(x)
+        q2, canvas2, windows2, boxes2 = AIR.inferred(model, x)
+    assert q.z_pres.all() and torch.equal(q.z_where, q2.z_where)
+    assert torch.equal(boxes, boxes2) and (boxes[..., 2] > boxes[..., 0]).any()
+    assert torch.allclose(canvas, canvas2, atol=1e-6) and torch.allclose(windows, windows2)

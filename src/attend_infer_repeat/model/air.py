@@ -327,6 +327,14 @@ class AIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # Inference API
     # ------------------------------------------------------------------------------------------------------
+    def inferred(self, x: torch.Tensor, deterministic: bool = True) -> tuple:
+        """One batch of :meth:`infer`: the guide's latents, the canvas of the present objects, every step's
+        window and the box of what each step's object draws."""
+        q = self.guide(x, deterministic=deterministic)
+        placed, windows = self.draw(q.z_what, q.z_where)
+        canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
+        return q, canvas, windows, ink_boxes(placed[:, :, 0], q.z_where, self.config)
+
     @torch.no_grad()
     def infer(self, images, batch_size: int = 1000, deterministic: bool = True) -> InferenceResult:
         """Find the objects in images: float tensor (B, 1, H, W) or (B, H, W) in [0, 1], or a uint8 array.
@@ -341,11 +349,7 @@ class AIR(nn.Module):
         parts = []
         with eval_mode(self):
             for i in range(0, x_all.size(0), batch_size):
-                x = x_all[i:i + batch_size].to(dev)
-                q = self.guide(x, deterministic=deterministic)
-                placed, windows = self.draw(q.z_what, q.z_where)
-                canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
-                parts.append((q, canvas, windows, ink_boxes(placed[:, :, 0], q.z_where, cfg)))
+                parts.append(self.inferred(x_all[i:i + batch_size].to(dev), deterministic))
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)
         if not parts:

@@ -56,7 +56,7 @@ from .air import AIR
 from .config import ModelConfig
 from .networks import WhatDecoder, WhatEncoder, _softplus_inverse
 from .objective import bernoulli_log_prob, kl_bernoulli, kl_normal, normal_log_prob
-from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode
+from .outputs import GuideOutput, InferenceResult, LossOutput, eval_mode, ink_boxes
 
 #: every cell's presence logit at the start (p = 0.12): with AIR's start (p = 0.88) dozens of faint new objects
 #: cover the canvas, every cell's object makes the fit worse, and all cells turn off for good within 100 steps
@@ -111,6 +111,7 @@ class Patches:
         row, col = row.flatten(), col.flatten()  # cell k = (row, col)
         self.columns, self.rows = coords[col], coords[row]  # (K, P)
         self.inside = (inside[row][:, :, None] * inside[col][:, None, :]).flatten(1)
+        self.origin = torch.stack([first[col], first[row]], -1).float()  # (K, 2): each patch's top-left (x, y)
         at = pixels + self.margin  # indices into the padded canvas
         self.index = (at[row][:, :, None] * self.side + at[col][:, None, :]).flatten(1)
 
@@ -151,6 +152,7 @@ class GridAIR(nn.Module):
         self.register_buffer("patch_rows", patches.rows, persistent=False)  # (K, P)
         self.register_buffer("patch_inside", patches.inside, persistent=False)  # (K, P * P)
         self.register_buffer("patch_index", patches.index, persistent=False)  # (K, P * P)
+        self.register_buffer("patch_origin", patches.origin, persistent=False)  # (K, 2)
 
     @property
     def cells(self) -> int:
@@ -372,9 +374,18 @@ class GridAIR(nn.Module):
     # Inference API (as AIR's)
     # ------------------------------------------------------------------------------------------------------
     def infer(self, images, batch_size: int = 500, deterministic: bool = True) -> InferenceResult:
-        """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order), in smaller
-        batches: every cell's object is placed on a canvas of its own."""
+        """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order)."""
         return AIR.infer(self, images, batch_size, deterministic)
+
+    def inferred(self, x: torch.Tensor, deterministic: bool = True) -> tuple:
+        """One batch of :meth:`infer`, as :meth:`AIR.inferred`, every object's drawn box read from its patch:
+        no object is put on a canvas of its own (K canvases per image would cost more than the guide)."""
+        q = self.guide(x, deterministic=deterministic)
+        patches = self.draw_patches(q.z_what, q.z_where)
+        canvas = self.patch.crop(self.canvas_of(patches * q.z_pres[..., None]))
+        b, k, w, p = x.size(0), self.cells, self.config.window_size, self.patch.size
+        windows = self.decoder(q.z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
+        return q, canvas, windows, ink_boxes(patches.view(b, k, p, p), q.z_where, self.config, self.patch_origin)
 
     def for_canvas(self, image_size: int) -> "GridAIR":
         """This model on a canvas of another size, for inference: cells and windows of the same size in pixels

@@ -16,10 +16,12 @@ from .config import ModelConfig
 OBJECT_INK_THRESHOLD = 0.2
 
 
-def ink_boxes(objects: torch.Tensor, z_where: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+def ink_boxes(objects: torch.Tensor, z_where: torch.Tensor, cfg: ModelConfig,
+              origin: torch.Tensor | None = None) -> torch.Tensor:
     """The tight box of each drawn object's pixels >= OBJECT_INK_THRESHOLD: objects (B, N, H, W) on the canvas
     -> (B, N, 4) ``x_min, y_min, x_max, y_max`` in pixels (exclusive max, as the scenes' ink boxes). An object
-    that draws nothing that bright gets an empty box at its window's centre."""
+    that draws nothing that bright gets an empty box at its window's centre. ``origin`` (N, 2): each object is
+    drawn on a piece of the canvas whose top-left pixel is (x, y) = origin (the grid model's patches)."""
     inked = objects >= OBJECT_INK_THRESHOLD
     size = objects.size(-1)
     idx = torch.arange(size, device=objects.device)
@@ -31,9 +33,11 @@ def ink_boxes(objects: torch.Tensor, z_where: torch.Tensor, cfg: ModelConfig) ->
 
     x0, x1 = extent(inked.any(-2))
     y0, y1 = extent(inked.any(-1))
-    centre = (z_where[..., 1:] + 1) * size / 2  # normalised -> pixels
+    centre = (z_where[..., 1:] + 1) * cfg.image_size / 2  # normalised -> pixels
     empty = ~inked.flatten(-2).any(-1)
     boxes = torch.stack([x0, y0, x1, y1], -1)
+    if origin is not None:
+        boxes = boxes + origin.repeat(1, 2).to(boxes)
     return torch.where(empty[..., None], centre.repeat(1, 1, 2).to(boxes), boxes)
 
 
