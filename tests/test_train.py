@@ -323,7 +323,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_skips_the_update(tiny_config, 
     assert summary["skipped_steps"] == 1 and torch.isfinite(params(tr.model)).all()
 
 
-def _trap_at_first_check(trainer, falling: bool = False):
+def _trap_at_first_check(trainer, falling: bool = False, name: str = "split_objects"):
     """The trap check reports a trap at every look of the trainer's first attempt, nothing after (the check itself
     is tested on models in each trap in test_diagnose.py; here only what the trainer does with its answer). The
     trap's mark stays at 60% of the images, or with ``falling`` falls as 1 / step (60% at the first look)."""
@@ -335,8 +335,8 @@ def _trap_at_first_check(trainer, falling: bool = False):
         found = real()
         if not trainer.restarts:
             rate = 0.6 * trainer.trap_check_steps()[0] / trainer.step if falling else 0.6
-            found["traps"] = [{"name": "split_objects", "rate": rate, "threshold": 0.35, "message": "made up"}]
-            found["rates"] = {**found["rates"], "split_objects": rate}
+            found["traps"] = [{"name": name, "rate": rate, "threshold": 0.35, "message": "made up"}]
+            found["rates"] = {**found["rates"], name: rate}
         return found
 
     trainer.check_traps = check
@@ -450,3 +450,15 @@ def test_progress_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():
         text = stream.getvalue()
         assert "step 100/100" in text and "512.5" in text and "held-out 0.950" in text and "1234 img/s" in text
         assert ("100%|" in text and "\r" in text) if tty else (text.count("\n") == 2 and "\r" not in text)
+
+
+@pytest.mark.parametrize("name,restarts", [("split_objects", 0), ("constant_count", 1)])
+def test_the_grid_model_starts_again_only_when_it_explains_nothing(tiny_config, tmp_path, name, restarts):
+    """Its cells share and split digits while they learn, so those marks do not restart it; an empty grid does."""
+    import dataclasses
+
+    grid = dataclasses.replace(tiny_config, architecture="grid", grid_size=2, max_steps=4)
+    tr = Trainer(tiny_run(grid, steps=12, eval_every=6, restarts=1), tmp_path, data=tiny_data(), progress=False)
+    calls = _trap_at_first_check(tr, name=name)
+    summary = tr.fit()
+    assert calls[:2] == [2, 4] and len(summary["restarts"]) == restarts and summary["steps"] == 12

@@ -425,7 +425,7 @@ class Trainer:
         """Attempts left, new weights to start from (not --init-from), and AIR's model: the grid model's shared and
         split digits come back with any weights (results/grid_probes*.json); its final trap check still warns."""
         t = self.cfg.train
-        return len(self.restarts) < t.restarts and not t.init_from and self.cfg.model.architecture == "air"
+        return len(self.restarts) < t.restarts and not t.init_from
 
     def trap_check_steps(self) -> tuple[int, ...]:  # this attempt's two early looks
         return early_look_steps(self.cfg.train.steps)
@@ -433,7 +433,7 @@ class Trainer:
     def early_trap_check(self) -> list[dict]:
         """One early look: at the first, note the marks (no trap yet); at the second, the traps that stayed."""
         if self.step != self.trap_check_steps()[0]:
-            return staying_traps(self.check_traps(), self.first_look)
+            return staying_traps(self.check_traps(), self.first_look, self.cfg.model.architecture)
         self.first_look = dict(self.check_traps()["rates"])
         return []
 
