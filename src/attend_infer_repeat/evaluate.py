@@ -157,8 +157,8 @@ def average_precision(pred_boxes, scores, true_boxes, iou_threshold: float = 0.5
     taken = [np.zeros(len(t), bool) for t in truth]
     preds = [_predicted_boxes(p) for p in pred_boxes]
     for i, (p, s) in enumerate(zip(preds, scores)):
-        if len(p) != len(np.asarray(s).reshape(-1)):
-            raise InputError(f"image {i} has {len(p)} predicted boxes but {len(np.asarray(s).reshape(-1))} scores")
+        if len(p) != np.asarray(s).size:
+            raise InputError(f"image {i} has {len(p)} predicted boxes but {np.asarray(s).size} scores")
     hits = np.zeros(len(ranked))
     for r, (_, i, j) in enumerate(ranked):
         if len(truth[i]) == 0:

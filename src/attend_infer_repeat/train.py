@@ -422,8 +422,8 @@ class Trainer:
             return check_traps(self.model, images)
 
     def can_restart(self) -> bool:
-        """Attempts left, new weights to start from (not --init-from), and AIR's model: the grid model's shared and
-        split digits come back with any weights (results/grid_probes*.json); its final trap check still warns."""
+        """Attempts left and new weights to start from (not --init-from); which traps start each model again:
+        diagnose.staying_traps (the grid model only for an empty grid)."""
         t = self.cfg.train
         return len(self.restarts) < t.restarts and not t.init_from
 

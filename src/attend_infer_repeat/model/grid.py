@@ -180,11 +180,14 @@ class GridAIR(nn.Module):
     compose = AIR.compose
     log_likelihood = AIR.log_likelihood
 
-    def draw_patches(self, z_what: torch.Tensor, z_where: torch.Tensor) -> torch.Tensor:
+    def draw_patches(self, z_what: torch.Tensor, z_where: torch.Tensor,
+                     windows: torch.Tensor | None = None) -> torch.Tensor:
         """Every cell's object on its patch of the canvas: z_what (B, K, D), z_where (B, K, 3) -> (B, K, P * P)
-        (zero outside the image). The same drawing as AIR's (:func:`.attention.place`), at the patch's pixels."""
+        (zero outside the image). The same drawing as AIR's (:func:`.attention.place`), at the patch's pixels.
+        ``windows``: the decoder's windows of z_what (B, K, 1, w, w), where the caller has them already."""
         cfg, (b, k) = self.config, z_what.shape[:2]
-        windows = self.decoder(z_what.reshape(b * k, -1))
+        w = cfg.window_size
+        windows = self.decoder(z_what.reshape(b * k, -1)) if windows is None else windows.reshape(b * k, 1, w, w)
         placed = attention.place_at(windows, self.placement(windows, z_where.reshape(b * k, 3)),
                                     self.patch_columns.repeat(b, 1), self.patch_rows.repeat(b, 1), cfg.min_zoom)
         return placed.view(b, k, -1) * self.patch_inside
@@ -234,8 +237,9 @@ class GridAIR(nn.Module):
             placed, windows = self.draw(z_what, z_where)
             return self.compose(placed * z_pres[:, :, None, None, None]), windows
         b, k, w = *z_what.shape[:2], self.config.window_size
-        canvas = self.patch.crop(self.canvas_of(self.draw_patches(z_what, z_where) * z_pres[..., None]))
-        return canvas, self.decoder(z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
+        windows = self.decoder(z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
+        canvas = self.patch.crop(self.canvas_of(self.draw_patches(z_what, z_where, windows) * z_pres[..., None]))
+        return canvas, windows
 
     @torch.no_grad()
     def sample_prior(self, n: int, num_objects: int | None = None, train_step: int = 0,
@@ -381,10 +385,10 @@ class GridAIR(nn.Module):
         """One batch of :meth:`infer`, as :meth:`AIR.inferred`, every object's drawn box read from its patch:
         no object is put on a canvas of its own (K canvases per image would cost more than the guide)."""
         q = self.guide(x, deterministic=deterministic)
-        patches = self.draw_patches(q.z_what, q.z_where)
-        canvas = self.patch.crop(self.canvas_of(patches * q.z_pres[..., None]))
         b, k, w, p = x.size(0), self.cells, self.config.window_size, self.patch.size
         windows = self.decoder(q.z_what.reshape(b * k, -1)).view(b, k, 1, w, w)
+        patches = self.draw_patches(q.z_what, q.z_where, windows)
+        canvas = self.patch.crop(self.canvas_of(patches * q.z_pres[..., None]))
         return q, canvas, windows, ink_boxes(patches.view(b, k, p, p), q.z_where, self.config, self.patch_origin)
 
     def for_canvas(self, image_size: int) -> "GridAIR":
