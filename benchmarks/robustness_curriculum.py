@@ -7,10 +7,12 @@ from a model that already counts.
 The second phase is what ``air train --init-from RUN/last.pt --restarts 0 --digit-size 18 --max-digit-size 32
 --max-overlap 0.3`` does; ``--phase2-model`` changes its model options (e.g. '{"composition": "max"}': objects
 overlap as ink does; '{"scale_prior_std": 0.5}') and ``--phase2-data`` its scenes (e.g. '{"digit_size": 28,
-"max_digit_size": null}': overlap only). A phase-1 run already in ``--runs`` is reused.
+"max_digit_size": null}': overlap only); ``--model`` changes the model of both phases (e.g. '{"decoder_hidden": 400}':
+a larger what-decoder, which the first phase must then train too). A phase-1 run already in ``--runs`` with the same
+``--model`` is reused.
 
 usage: python benchmarks/robustness_curriculum.py --seeds 0,1 [--steps 3000,3000] [--max-overlap 0.3]
-       [--phase2-model JSON] [--phase2-data JSON] [--tag NAME] --out FILE
+       [--model JSON] [--phase2-model JSON] [--phase2-data JSON] [--tag NAME] --out FILE
 (each seed is one single-thread process; two seeds run side by side)
 """
 from __future__ import annotations
@@ -26,8 +28,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n: int, model_options: dict,
-             data_options: dict, tag: str) -> dict:
+             data_options: dict, tag: str, both_model: dict) -> dict:
     import dataclasses
+    import hashlib
 
     import torch
 
@@ -41,21 +44,26 @@ def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n
     torch.set_num_threads(1)
     run = Path(root) / f"seed{seed}"
     t0 = time.time()
-    first = RunConfig(train=TrainConfig(steps=steps[0], seed=seed, threads=1))
-    if not (run / "paper_scenes" / "last.pt").exists():
-        Trainer(first, run / "paper_scenes", progress=False, tensorboard=False).fit()
+    from attend_infer_repeat.model.config import ModelConfig
+
+    first = RunConfig(model=ModelConfig(**both_model), train=TrainConfig(steps=steps[0], seed=seed, threads=1))
+    # a phase-1 run is reused only by a probe with the same model options (its directory names their hash)
+    key = json.dumps(both_model, sort_keys=True)
+    phase1 = "paper_scenes" + ("-" + hashlib.sha1(key.encode()).hexdigest()[:8] if both_model else "")
+    if not (run / phase1 / "last.pt").exists():
+        Trainer(first, run / phase1, progress=False, tensorboard=False).fit()
     # the second phase goes on from the first one's weights (air train --init-from, which never restarts)
     data = {"digit_size": 18, "max_digit_size": 32, "max_overlap": max_overlap, **data_options}
     then = RunConfig(model=dataclasses.replace(first.model, **model_options),
                      train=TrainConfig(steps=steps[1], seed=seed, threads=1,
-                                       init_from=str(run / "paper_scenes" / "last.pt"), **data))
+                                       init_from=str(run / phase1 / "last.pt"), **data))
     second = f"varied_scenes{'-' + tag if tag else ''}"
     Trainer(then, run / second, progress=False, tensorboard=False).fit()
     minutes = (time.time() - t0) / 60
     sets = scene_sets(n)
     out = {"seed": seed, "minutes": round(minutes, 2)}
-    for phase in ("paper_scenes", second):
-        out[phase] = {k: v["count_acc"] for k, v in score(AIR.load(run / phase / "last.pt"), sets).items()}
+    for name, phase in (("paper_scenes", phase1), (second, second)):
+        out[name] = {k: v["count_acc"] for k, v in score(AIR.load(run / phase / "last.pt"), sets).items()}
     return out
 
 
@@ -67,6 +75,7 @@ def main() -> None:
     p.add_argument("--steps", default="3000,3000", help="steps on the paper's scenes, then on the varied ones")
     p.add_argument("--max-overlap", type=float, default=0.3)
     p.add_argument("--n", type=int, default=2000, help="scenes per robustness set")
+    p.add_argument("--model", default="{}", help="model options of both phases, as JSON")
     p.add_argument("--phase2-model", default="{}", help="model options of the second phase, as JSON")
     p.add_argument("--phase2-data", default="{}", help="scene options of the second phase, as JSON")
     p.add_argument("--tag", default="", help="names the second phase's run directory")
@@ -77,10 +86,11 @@ def main() -> None:
     steps = tuple(int(s) for s in a.steps.split(","))
     with multiprocessing.get_context("spawn").Pool(min(2, len(seeds))) as pool:
         results = pool.starmap(one_seed, [(s, steps, a.max_overlap, a.runs, a.n, json.loads(a.phase2_model),
-                                           json.loads(a.phase2_data), a.tag) for s in seeds])
+                                           json.loads(a.phase2_data), a.tag, json.loads(a.model)) for s in seeds])
     out = {"benchmark": "robustness_curriculum", **record(), "precision": "auto", "compile": "auto",
-           "steps": list(steps), "max_overlap": a.max_overlap, "phase2_model": json.loads(a.phase2_model),
-           "phase2_data": json.loads(a.phase2_data), "scenes_per_set": a.n, "seeds": results}
+           "steps": list(steps), "max_overlap": a.max_overlap, "model": json.loads(a.model),
+           "phase2_model": json.loads(a.phase2_model), "phase2_data": json.loads(a.phase2_data),
+           "scenes_per_set": a.n, "seeds": results}
     Path(a.out).write_text(json.dumps(out, indent=2))
     for r in results:
         print(r["seed"], {k: round(v, 4) for k, v in r[[k for k in r if k.startswith("varied_scenes")][0]].items()})
