@@ -9,10 +9,11 @@ The second phase is what ``air train --init-from RUN/last.pt --restarts 0 --digi
 overlap as ink does; '{"scale_prior_std": 0.5}') and ``--phase2-data`` its scenes (e.g. '{"digit_size": 28,
 "max_digit_size": null}': overlap only); ``--model`` changes the model of both phases (e.g. '{"decoder_hidden": 400}':
 a larger what-decoder, which the first phase must then train too). A phase-1 run already in ``--runs`` with the same
-``--model`` is reused.
+``--model`` is reused. ``--phase2-freeze decoder`` keeps the what-decoder of the first phase in the second.
 
 usage: python benchmarks/robustness_curriculum.py --seeds 0,1 [--steps 3000,3000] [--max-overlap 0.3]
-       [--model JSON] [--phase2-model JSON] [--phase2-data JSON] [--tag NAME] --out FILE
+       [--model JSON] [--phase2-model JSON] [--phase2-data JSON] [--phase2-freeze decoder] [--tag NAME]
+       --out FILE
 (each seed is one single-thread process; two seeds run side by side)
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n: int, model_options: dict,
-             data_options: dict, tag: str, both_model: dict) -> dict:
+             data_options: dict, tag: str, both_model: dict, freeze: tuple[str, ...] = ()) -> dict:
     import dataclasses
     import hashlib
 
@@ -58,7 +59,11 @@ def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n
                      train=TrainConfig(steps=steps[1], seed=seed, threads=1,
                                        init_from=str(run / phase1 / "last.pt"), **data))
     second = f"varied_scenes{'-' + tag if tag else ''}"
-    Trainer(then, run / second, progress=False, tensorboard=False).fit()
+    trainer = Trainer(then, run / second, progress=False, tensorboard=False)
+    for name in freeze:  # modules the second phase keeps as the first one left them
+        for weight in getattr(trainer.model, name).parameters():
+            weight.requires_grad_(False)
+    trainer.fit()
     minutes = (time.time() - t0) / 60
     sets = scene_sets(n)
     out = {"seed": seed, "minutes": round(minutes, 2)}
@@ -78,6 +83,7 @@ def main() -> None:
     p.add_argument("--model", default="{}", help="model options of both phases, as JSON")
     p.add_argument("--phase2-model", default="{}", help="model options of the second phase, as JSON")
     p.add_argument("--phase2-data", default="{}", help="scene options of the second phase, as JSON")
+    p.add_argument("--phase2-freeze", default="", help="modules the second phase does not train, e.g. 'decoder'")
     p.add_argument("--tag", default="", help="names the second phase's run directory")
     p.add_argument("--runs", default="runs/robustness_curriculum")
     p.add_argument("--out", required=True)
@@ -86,11 +92,12 @@ def main() -> None:
     steps = tuple(int(s) for s in a.steps.split(","))
     with multiprocessing.get_context("spawn").Pool(min(2, len(seeds))) as pool:
         results = pool.starmap(one_seed, [(s, steps, a.max_overlap, a.runs, a.n, json.loads(a.phase2_model),
-                                           json.loads(a.phase2_data), a.tag, json.loads(a.model)) for s in seeds])
+                                           json.loads(a.phase2_data), a.tag, json.loads(a.model),
+                                           tuple(filter(None, a.phase2_freeze.split(",")))) for s in seeds])
     out = {"benchmark": "robustness_curriculum", **record(), "precision": "auto", "compile": "auto",
            "steps": list(steps), "max_overlap": a.max_overlap, "model": json.loads(a.model),
-           "phase2_model": json.loads(a.phase2_model), "phase2_data": json.loads(a.phase2_data),
-           "scenes_per_set": a.n, "seeds": results}
+           "phase2_model": json.loads(a.phase2_model), "phase2_freeze": a.phase2_freeze,
+           "phase2_data": json.loads(a.phase2_data), "scenes_per_set": a.n, "seeds": results}
     Path(a.out).write_text(json.dumps(out, indent=2))
     for r in results:
         print(r["seed"], {k: round(v, 4) for k, v in r[[k for k in r if k.startswith("varied_scenes")][0]].items()})
