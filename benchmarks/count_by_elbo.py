@@ -5,6 +5,8 @@ the count the guide's presence gives. Where the best-scoring count is as wrong a
 prefers the wrong count.
 
 usage: python benchmarks/count_by_elbo.py CHECKPOINT --digit-size 20 --counts 2,3,4 [--n 500] [--out FILE]
+       python benchmarks/count_by_elbo.py CHECKPOINT --robustness-set overlapping [--n 600]
+       (one of robustness.py's sets, its n scenes split by their true count)
 """
 from __future__ import annotations
 
@@ -51,13 +53,23 @@ def main() -> None:
     p.add_argument("--counts", default="0,1,2")
     p.add_argument("--n", type=int, default=500, help="scenes per count")
     p.add_argument("--seed", type=int, default=777, help="scene seed (training uses 0-2)")
+    p.add_argument("--robustness-set", default=None, help="score a set of robustness.py instead, e.g. overlapping")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     model = AIR.load(a.checkpoint)
     result = {"benchmark": "count_by_elbo", **record(), "checkpoint": a.checkpoint, "digit_size": a.digit_size,
               "scenes_per_count": a.n, "scene_seed": a.seed, "counts": {}}
+    if a.robustness_set:
+        from robustness import scene_sets
+
+        every = scene_sets(a.n)[a.robustness_set]
+        result.update(robustness_set=a.robustness_set, scenes_in_set=a.n, scenes_per_count=None, digit_size=None,
+                      scene_seed=None)
     for count in (int(c) for c in a.counts.split(",")):
-        scenes = make_scenes("test", a.n, SceneConfig(digit_size=a.digit_size, counts=(count,), seed=a.seed))
+        if a.robustness_set:
+            scenes = every.take(np.flatnonzero(every.counts == count))
+        else:
+            scenes = make_scenes("test", a.n, SceneConfig(digit_size=a.digit_size, counts=(count,), seed=a.seed))
         with eval_mode(model):
             best = count_scores(model, as_float_batch(torch.as_tensor(scenes.images))).argmax(1).numpy()
         guide = model.infer(scenes.images).counts.numpy()

@@ -9,7 +9,8 @@ Sets (0, 1 or 2 digits per scene, equally likely, 50x50):
     (strokes meet or cross a little);
   * ``overlapping``: the same with an ink-box IoU between 0.1 and 0.3 (the digits cross).
 
-usage: python benchmarks/robustness.py CHECKPOINT [CHECKPOINT ...] [--n 2000] [--out FILE]
+usage: python benchmarks/robustness.py CHECKPOINT [CHECKPOINT ...] [--n 2000] [--refine-steps 100] [--out FILE]
+(--refine-steps: also the count of AIR.infer(refine_steps=...), each count's latents refined by the ELBO)
 """
 from __future__ import annotations
 
@@ -62,11 +63,11 @@ def scene_sets(n: int) -> dict:
     return sets
 
 
-def score(model, sets: dict) -> dict:
+def score(model, sets: dict, refine_steps: int = 0) -> dict:
     """Count accuracy on each set, overall and per true count."""
     out = {}
     for name, scenes in sets.items():
-        counts = model.infer(scenes.images).counts.numpy()
+        counts = model.infer(scenes.images, refine_steps=refine_steps).counts.numpy()
         ok = counts == scenes.counts
         out[name] = {"count_acc": float(ok.mean()),
                      "per_true_count": {str(c): float(ok[scenes.counts == c].mean()) for c in (0, 1, 2)}}
@@ -81,16 +82,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--n", type=int, default=2000, help="scenes per set")
+    p.add_argument("--refine-steps", type=int, default=0, help="also score infer(refine_steps=this)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     a = p.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     sets = scene_sets(a.n)
-    result = {"benchmark": "robustness", **record(), "scenes_per_set": a.n, "models": {}}
+    result = {"benchmark": "robustness", **record(), "scenes_per_set": a.n, "refine_steps": a.refine_steps,
+              "models": {}, "models_refined": {}}
     for ckpt in a.checkpoints:
-        result["models"][ckpt] = score(AIR.load(ckpt), sets)
-        print(ckpt, json.dumps({k: round(v["count_acc"], 4) for k, v in result["models"][ckpt].items()}),
-              flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2))
+        model = AIR.load(ckpt)
+        for key, steps in (("models", 0), ("models_refined", a.refine_steps)):
+            if key == "models_refined" and not steps:
+                continue
+            result[key][ckpt] = score(model, sets, steps)
+            print(ckpt, key, json.dumps({k: round(v["count_acc"], 4) for k, v in result[key][ckpt].items()}),
+                  flush=True)
+            if a.out:  # after every model: a long run keeps what it has measured
+                Path(a.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

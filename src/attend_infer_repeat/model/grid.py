@@ -377,8 +377,13 @@ class GridAIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # Inference API (as AIR's)
     # ------------------------------------------------------------------------------------------------------
-    def infer(self, images, batch_size: int = 500, deterministic: bool = True) -> InferenceResult:
+    def infer(self, images, batch_size: int = 500, deterministic: bool = True,
+              refine_steps: int = 0) -> InferenceResult:
         """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order)."""
+        if refine_steps:
+            from ..errors import InputError
+
+            raise InputError("refine_steps refines AIR's count; the grid model's cells are not refined (use 0)")
         return AIR.infer(self, images, batch_size, deterministic)
 
     def inferred(self, x: torch.Tensor, deterministic: bool = True) -> tuple:
