@@ -367,7 +367,9 @@ class AIR(nn.Module):
         parts = []
         with eval_mode(self):
             for i in range(0, x_all.size(0), batch_size):
-                parts.append(self.inferred(x_all[i:i + batch_size].to(dev), deterministic, refine_steps))
+                x = x_all[i:i + batch_size].to(dev)  # (the grid model, which shares this method, never refines)
+                parts.append(self.inferred(x, deterministic, refine_steps) if refine_steps else
+                             self.inferred(x, deterministic))
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)
         if not parts:

@@ -1,0 +1,100 @@
+"""Semi-amortised count inference (model/refine.py, AIR.infer(refine_steps=...)): what it scores, that it only
+ever improves on the guide, that it leaves the model alone, and what it refuses."""
+import dataclasses
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from attend_infer_repeat.errors import InputError
+from attend_infer_repeat.model import AIR, eval_mode
+from attend_infer_repeat.model.objective import count_log_probs
+from attend_infer_repeat.model.refine import count_score, refine_counts
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(3)
+    return AIR(dataclasses.replace(tiny_config, likelihood_sigma=0.3)).eval()
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(6, 1, 20, 20)
+    for i in range(6):  # a bright square or two in each image
+        for _ in range(1 + i % 2):
+            r, c = torch.randint(0, 14, (2,), generator=g).tolist()
+            x[i, 0, r:r + 6, c:c + 6] = 0.9
+    return x
+
+
+def test_count_score_is_the_count_elbo_term(model, images):
+    """score(n): the Gaussian log-likelihood of the first n objects' canvas minus their KLs, against
+    torch.distributions (not the code under test)."""
+    x = images
+    with torch.no_grad():
+        q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), model.config.max_steps))
+        for n in range(model.config.max_steps + 1):
+            got = count_score(model, x, q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std, n)
+            canvas = model.draw(q.z_what_loc[:, :n], q.z_where_loc[:, :n])[0].sum(1) if n else torch.zeros_like(x)
+            want = Normal(canvas, 0.3).log_prob(x).sum((1, 2, 3))
+            if n:
+                prior_where = Normal(model.where_prior_loc, model.where_prior_std)
+                want = want - kl_divergence(Normal(q.z_where_loc[:, :n], q.z_where_std[:, :n]),
+                                            prior_where).sum((1, 2))
+                want = want - kl_divergence(Normal(q.z_what_loc[:, :n], q.z_what_std[:, :n]),
+                                            Normal(0.0, 1.0)).sum((1, 2))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_refining_never_lowers_a_count_score_and_improves_a_wrong_guide(model, images):
+    with torch.no_grad():
+        start, _, _ = refine_counts(model, images, steps=0)
+    refined, wheres, whats = refine_counts(model, images, steps=30)
+    assert refined.shape == start.shape == (6, model.config.max_steps + 1)
+    assert torch.all(refined >= start - 1e-4)
+    torch.testing.assert_close(refined[:, 0], start[:, 0])  # nothing to refine without objects
+    assert (refined[:, 1:] > start[:, 1:] + 1.0).float().mean() > 0.9  # an untrained guide is far from its best
+    # each count's row holds the latents its score was computed from
+    log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
+    q = model.guide(images, deterministic=True, z_pres=images.new_ones(6, model.config.max_steps))
+    for n in range(1, model.config.max_steps + 1):
+        with torch.no_grad():
+            again = count_score(model, images, wheres[:, n], whats[:, n], q.z_where_std, q.z_what_std, n)
+        torch.testing.assert_close(again + log_prior[n], refined[:, n], rtol=1e-4, atol=1e-2)
+
+
+def test_infer_with_refinement_takes_the_best_refined_count_and_leaves_the_model_alone(model, images):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with eval_mode(model):
+        scores, wheres, _ = refine_counts(model, images, steps=20)
+    result = model.infer(images, refine_steps=20)
+    assert torch.equal(result.counts, scores.argmax(1))
+    for i, n in enumerate(result.counts.tolist()):
+        assert result.z_pres[i].tolist() == [1.0] * n + [0.0] * (model.config.max_steps - n)
+        assert len(result.boxes[i]) == n
+        torch.testing.assert_close(result.z_where[i], wheres[i, n, :n])
+    assert torch.equal(model.infer(images, refine_steps=20).counts, result.counts)  # deterministic
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("steps", [-1, 2.5, True, "10"])
+def test_infer_refuses_a_bad_number_of_refine_steps(model, images, steps):
+    with pytest.raises(InputError, match="refine_steps"):
+        model.infer(images, refine_steps=steps)
+
+
+def test_infer_refuses_refinement_of_samples(model, images):
+    with pytest.raises(InputError, match="deterministic"):
+        model.infer(images, deterministic=False, refine_steps=5)
+
+
+def test_the_grid_model_refuses_refinement(tiny_config, images):
+    from attend_infer_repeat.model import build_model
+
+    grid = build_model(dataclasses.replace(tiny_config, architecture="grid", grid_size=2))
+    with pytest.raises(InputError, match="grid"):
+        grid.infer(images, refine_steps=5)
