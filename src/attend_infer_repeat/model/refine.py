@@ -47,7 +47,8 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05):
     cfg = model.config
     with torch.no_grad():
         q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))
-        log_prior = count_log_probs(torch.logit(model.prior(0).double()).float()).to(x)
+        # log p(n): the count prior at the end of its annealing (a geometric prior's), the one training ends with
+        log_prior = count_log_probs(torch.logit(model.prior(cfg.z_pres_anneal_steps).double()).float()).to(x)
     where_std, what_std = q.z_where_std.detach(), q.z_what_std.detach()
     scores, wheres, whats = [], [], []
     for n in range(cfg.max_steps + 1):
