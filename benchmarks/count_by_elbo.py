@@ -21,29 +21,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
-@torch.no_grad()
-def count_scores(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, N + 1): the ELBO term of each count n = 0..N for the guide's deterministic latents."""
-    from attend_infer_repeat.model.objective import count_log_probs, kl_normal
-
-    cfg = model.config
-    q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))
-    objects = torch.stack(q.steps, 1) if cfg.dair else \
-        model.compose(model.draw(q.z_what, q.z_where)[0], cumulative=True)
-    canvases = torch.cat([torch.zeros_like(objects[:, :1]), objects], 1)
-    log_lik = model.log_likelihood(x[:, None], canvases)
-    cost = (kl_normal(q.z_where_loc, q.z_where_std, model.where_prior_loc, model.where_prior_std).sum(-1)
-            + kl_normal(q.z_what_loc, q.z_what_std, 0.0, 1.0).sum(-1))
-    costs = torch.cat([torch.zeros_like(cost[:, :1]), cost.cumsum(1)], 1)
-    log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
-    return log_lik - costs + log_prior
-
-
 def main() -> None:
     from attend_infer_repeat import AIR
     from attend_infer_repeat.data import SceneConfig, make_scenes
     from attend_infer_repeat.evaluate import as_float_batch
     from attend_infer_repeat.model import eval_mode
+    from attend_infer_repeat.model.refine import refine_counts
 
     from common import record
 
@@ -70,8 +53,8 @@ def main() -> None:
             scenes = every.take(np.flatnonzero(every.counts == count))
         else:
             scenes = make_scenes("test", a.n, SceneConfig(digit_size=a.digit_size, counts=(count,), seed=a.seed))
-        with eval_mode(model):
-            best = count_scores(model, as_float_batch(torch.as_tensor(scenes.images))).argmax(1).numpy()
+        with eval_mode(model), torch.no_grad():  # the ELBO term of each count, unrefined (model/refine.py)
+            best = refine_counts(model, as_float_batch(torch.as_tensor(scenes.images)), steps=0)[0].argmax(1).numpy()
         guide = model.infer(scenes.images).counts.numpy()
         bins = model.config.max_steps + 1
         result["counts"][str(count)] = {

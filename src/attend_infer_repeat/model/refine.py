@@ -15,9 +15,9 @@ the count), the locs of z_where_1..n and z_what_1..n are moved by Adam to maximi
 
     score(n) = log p(x | z_1..n) - sum_{i<=n} [KL(q(z_where_i) || p) + KL(q(z_what_i) || p)] + log p(n),
 
-the ELBO term of count n with the posterior means as the sample and the guide's standard deviations kept: what
-``benchmarks/count_by_elbo.py`` scores for the unrefined latents. The best latents seen for each count are kept,
-so a refined score is never below the guide's own.
+the ELBO term of count n with the posterior means as the sample and the guide's standard deviations kept
+(``benchmarks/count_by_elbo.py`` scores the unrefined latents, ``steps=0``). The best latents seen for each
+count are kept, so a refined score is never below the guide's own.
 """
 from __future__ import annotations
 
