@@ -93,11 +93,10 @@ def main() -> None:
     sets = scene_sets(a.n)
     result = {"benchmark": "robustness", **record(), "scenes_per_set": a.n, "refine_steps": a.refine_steps,
               "models": {}, "models_refined": {}}
+    modes = [("models", 0)] + ([("models_refined", a.refine_steps)] if a.refine_steps else [])
     for ckpt in a.checkpoints:
         model = AIR.load(ckpt)
-        for key, steps in (("models", 0), ("models_refined", a.refine_steps)):
-            if key == "models_refined" and not steps:
-                continue
+        for key, steps in modes:
             result[key][ckpt] = score(model, sets, steps)
             print(ckpt, key, json.dumps({k: round(v["count_acc"], 4) for k, v in result[key][ckpt].items()}),
                   flush=True)

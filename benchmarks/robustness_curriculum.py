@@ -38,6 +38,7 @@ def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n
     sys.path.insert(0, str(HERE))
     from attend_infer_repeat import AIR
     from attend_infer_repeat.config import RunConfig, TrainConfig
+    from attend_infer_repeat.model.config import ModelConfig
     from attend_infer_repeat.train import Trainer
 
     from robustness import scene_sets, score
@@ -45,8 +46,6 @@ def one_seed(seed: int, steps: tuple[int, int], max_overlap: float, root: str, n
     torch.set_num_threads(1)
     run = Path(root) / f"seed{seed}"
     t0 = time.time()
-    from attend_infer_repeat.model.config import ModelConfig
-
     first = RunConfig(model=ModelConfig(**both_model), train=TrainConfig(steps=steps[0], seed=seed, threads=1))
     # a phase-1 run is reused only by a probe with the same model options (its directory names their hash)
     key = json.dumps(both_model, sort_keys=True)

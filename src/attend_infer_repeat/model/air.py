@@ -353,11 +353,10 @@ class AIR(nn.Module):
         objects' z_where and z_what) whose ELBO is best after that many steps of refining the guide's latents
         for each count (:mod:`.refine`; slower, for scenes unlike the training scenes); ``pres_probs`` and
         ``object_scores`` stay the guide's."""
+        from ..errors import InputError
         from .inputs import as_image_batch
 
         cfg = self.config
-        from ..errors import InputError
-
         if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
             raise InputError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
         if refine_steps and not deterministic:
