@@ -63,11 +63,11 @@ def scene_sets(n: int) -> dict:
     return sets
 
 
-def score(model, sets: dict, refine_steps: int = 0) -> dict:
+def score(model, sets: dict, refine_steps: int = 0, refine_samples: int = 0) -> dict:
     """Count accuracy on each set, overall and per true count."""
     out = {}
     for name, scenes in sets.items():
-        counts = model.infer(scenes.images, refine_steps=refine_steps).counts.numpy()
+        counts = model.infer(scenes.images, refine_steps=refine_steps, refine_samples=refine_samples).counts.numpy()
         ok = counts == scenes.counts
         out[name] = {"count_acc": float(ok.mean()),
                      "per_true_count": {str(c): float(ok[scenes.counts == c].mean()) for c in (0, 1, 2)}}
@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--n", type=int, default=2000, help="scenes per set")
     p.add_argument("--refine-steps", type=int, default=0, help="also score infer(refine_steps=this)")
+    p.add_argument("--refine-samples", type=int, default=128,
+                   help="importance samples per count for the refined score (0: at the refined means)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     a = p.parse_args()
@@ -92,12 +94,13 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     sets = scene_sets(a.n)
     result = {"benchmark": "robustness", **record(), "scenes_per_set": a.n, "refine_steps": a.refine_steps,
+              "refine_samples": a.refine_samples if a.refine_steps else None,
               "models": {}, "models_refined": {}}
     modes = [("models", 0)] + ([("models_refined", a.refine_steps)] if a.refine_steps else [])
     for ckpt in a.checkpoints:
         model = AIR.load(ckpt)
         for key, steps in modes:
-            result[key][ckpt] = score(model, sets, steps)
+            result[key][ckpt] = score(model, sets, steps, a.refine_samples)
             print(ckpt, key, json.dumps({k: round(v["count_acc"], 4) for k, v in result[key][ckpt].items()}),
                   flush=True)
             if a.out:  # after every model: a long run keeps what it has measured

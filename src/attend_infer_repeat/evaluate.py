@@ -278,16 +278,17 @@ def _as_eval_data(data) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | N
 
 @torch.no_grad()
 def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 1000, batch_size: int = 500,
-             train_step: int = 0, seed: int = 0, iou_threshold: float = 0.5, refine_steps: int = 0) -> dict:
+             train_step: int = 0, seed: int = 0, iou_threshold: float = 0.5, refine_steps: int = 0,
+             refine_samples: int = 128) -> dict:
     """Everything ``air eval`` reports, as a JSON-ready dict.
 
     ``data``: a :class:`~attend_infer_repeat.data.Scenes`, an image array (unlabelled: only the density
     metrics and the distribution of found counts), or ``(images, counts[, boxes])``. Count and box metrics use
-    deterministic inference (as ``air infer``; with ``refine_steps`` the refined count of :meth:`AIR.infer`, the
-    sampled count accuracy staying the guide's); the ELBO is the single-sample estimate per image, averaged; the
-    importance-weighted log p(x) uses ``iw_samples`` samples on the first ``iw_images`` images (None: all;
-    ``iw_samples=0`` skips it). Sampling is seeded (``seed``) so the numbers are repeatable; the global RNG is
-    left as it was."""
+    deterministic inference (as ``air infer``; with ``refine_steps`` and ``refine_samples`` the refined count of
+    :meth:`AIR.infer`, the sampled count accuracy staying the guide's); the ELBO is the single-sample estimate
+    per image, averaged; the importance-weighted log p(x) uses ``iw_samples`` samples on the first ``iw_images``
+    images (None: all; ``iw_samples=0`` skips it). Sampling is seeded (``seed``) so the numbers are repeatable; the
+    global RNG is left as it was."""
     import time
 
     x, counts, boxes = _as_eval_data(data)
@@ -298,10 +299,12 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
     if n == 0:
         raise InputError("no images to evaluate")
     t0 = time.perf_counter()
-    result = model.infer(x, batch_size=batch_size, refine_steps=refine_steps)
+    result = (model.infer(x, batch_size=batch_size, refine_steps=refine_steps, refine_samples=refine_samples)
+              if refine_steps else model.infer(x, batch_size=batch_size))
     pred = result.counts.numpy()
     n_steps = model.config.max_steps
     out: dict = {"n": n, "train_step": train_step, "max_steps": n_steps, "refine_steps": refine_steps,
+                 "refine_samples": refine_samples if refine_steps else None,
                  "predicted_count_histogram": np.bincount(pred, minlength=n_steps + 1).tolist()}
     if counts is not None:
         size = max(n_steps, int(counts.max(initial=0))) + 1

@@ -277,26 +277,28 @@ def test_report_renders_in_headless_chromium(run_dir, scene_file, tmp_path):
 
 
 def test_eval_and_infer_with_refined_counts(run_dir, scene_file, tmp_path, capsys):
-    """--refine-steps: the counts and boxes of AIR.infer(refine_steps=K), in eval's JSON and infer's results."""
+    """--refine-steps, --refine-samples: the counts and boxes of AIR.infer(refine_steps=K, refine_samples=S), in
+    eval's JSON and infer's results."""
     scenes = Scenes.load(scene_file)
-    want = AIR.load(run_dir / "best.pt").infer(scenes.images, refine_steps=3)
+    want = AIR.load(run_dir / "best.pt").infer(scenes.images, refine_steps=3, refine_samples=8)
     out = tmp_path / "e.json"
     assert main(["eval", str(run_dir), "--data", str(scene_file), "--iw-samples", "0", "--refine-steps", "3",
-                 "--json", str(out)]) == 0
+                 "--refine-samples", "8", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["refine_steps"] == 3
+    assert (r["refine_steps"], r["refine_samples"]) == (3, 8)
     assert r["predicted_count_histogram"] == np.bincount(want.counts.numpy(), minlength=4).tolist()
     np.save(tmp_path / "scenes.npy", scenes.images)
-    assert main(["infer", str(run_dir), str(tmp_path / "scenes.npy"), "--refine-steps", "3", "--no-overlays",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert main(["infer", str(run_dir), str(tmp_path / "scenes.npy"), "--refine-steps", "3", "--refine-samples",
+                 "8", "--no-overlays", "--out", str(tmp_path / "o")]) == 0
     got = json.loads((tmp_path / "o" / "results.json").read_text())["images"]
     assert [len(g["objects"]) for g in got] == want.counts.tolist()
     capsys.readouterr()
 
 
 @pytest.mark.parametrize("command", ["eval", "infer"])
-def test_refine_steps_must_be_a_whole_number(run_dir, scene_file, command, capsys):
+@pytest.mark.parametrize("option", ["--refine-steps", "--refine-samples"])
+def test_refine_options_must_be_whole_numbers(run_dir, scene_file, command, option, capsys):
     with pytest.raises(SystemExit):
         main([command, str(run_dir), str(scene_file) if command == "infer" else "--data=" + str(scene_file),
-              "--refine-steps", "-2"])
-    assert "--refine-steps" in capsys.readouterr().err
+              option, "-2"])
+    assert option in capsys.readouterr().err

@@ -9,7 +9,7 @@ from torch.distributions import Normal, kl_divergence
 from attend_infer_repeat.errors import InputError
 from attend_infer_repeat.model import AIR, eval_mode
 from attend_infer_repeat.model.objective import count_log_probs
-from attend_infer_repeat.model.refine import count_score, refine_counts
+from attend_infer_repeat.model.refine import count_score, importance_score, refine_counts
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def test_refining_never_lowers_a_count_score_and_improves_a_wrong_guide(model, i
 def test_infer_with_refinement_takes_the_best_refined_count_and_leaves_the_model_alone(model, images):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with eval_mode(model):
-        scores, wheres, _ = refine_counts(model, images, steps=20)
-    result = model.infer(images, refine_steps=20)
+        scores, wheres, _ = refine_counts(model, images, steps=20, samples=128)
+    result = model.infer(images, refine_steps=20)  # 128 importance samples per count by default
     assert torch.equal(result.counts, scores.argmax(1))
     for i, n in enumerate(result.counts.tolist()):
         assert result.z_pres[i].tolist() == [1.0] * n + [0.0] * (model.config.max_steps - n)
@@ -79,6 +79,58 @@ def test_infer_with_refinement_takes_the_best_refined_count_and_leaves_the_model
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
+
+
+def _canvas(model, z_where, z_what, n, like):
+    return model.draw(z_what[:, :n], z_where[:, :n])[0].sum(1) if n else torch.zeros_like(like)
+
+
+def test_importance_score_is_the_importance_weighted_estimate(model, images):
+    """log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s), against torch.distributions, for each count."""
+    x = images
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), model.config.max_steps))
+        eps_where = torch.randn((7,) + q.z_where_std.shape, generator=g)
+        eps_what = torch.randn((7,) + q.z_what_std.shape, generator=g)
+        for n in range(model.config.max_steps + 1):
+            got = importance_score(model, x, q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std, n,
+                                   eps_where, eps_what, chunk=3)
+            log_w = []
+            for s in range(7):
+                zw = q.z_where_loc + q.z_where_std * eps_where[s]
+                zh = q.z_what_loc + q.z_what_std * eps_what[s]
+                lw = Normal(_canvas(model, zw, zh, n, x), 0.3).log_prob(x).sum((1, 2, 3))
+                if n:
+                    lw = lw + Normal(model.where_prior_loc, model.where_prior_std).log_prob(zw[:, :n]).sum((1, 2))
+                    lw = lw + Normal(0.0, 1.0).log_prob(zh[:, :n]).sum((1, 2))
+                    lw = lw - Normal(q.z_where_loc[:, :n], q.z_where_std[:, :n]).log_prob(zw[:, :n]).sum((1, 2))
+                    lw = lw - Normal(q.z_what_loc[:, :n], q.z_what_std[:, :n]).log_prob(zh[:, :n]).sum((1, 2))
+                log_w.append(lw)
+            want = torch.logsumexp(torch.stack(log_w), 0) - torch.log(torch.tensor(7.0))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-2)
+            # Jensen: the log of the mean weight is at least the mean log weight (the ELBO of the same samples)
+            assert torch.all(got >= torch.stack(log_w).mean(0) - 1e-3)
+
+
+def test_an_images_refined_count_does_not_depend_on_its_batch(model, images):
+    """The importance samples' noise is shared by every image, so splitting a batch changes nothing."""
+    whole = model.infer(images, refine_steps=5)
+    parts = model.infer(images, refine_steps=5, batch_size=2)
+    assert torch.equal(whole.counts, parts.counts)
+    torch.testing.assert_close(whole.z_where, parts.z_where)
+
+
+def test_refined_counts_scored_at_the_means_without_samples(model, images):
+    with eval_mode(model):
+        scores, _, _ = refine_counts(model, images, steps=5)
+    assert torch.equal(model.infer(images, refine_steps=5, refine_samples=0).counts, scores.argmax(1))
+
+
+@pytest.mark.parametrize("samples", [-1, 2.5, True, "10"])
+def test_infer_refuses_a_bad_number_of_refine_samples(model, images, samples):
+    with pytest.raises(InputError, match="refine_samples"):
+        model.infer(images, refine_steps=3, refine_samples=samples)
 
 
 @pytest.mark.parametrize("steps", [-1, 2.5, True, "10"])
@@ -108,4 +160,4 @@ def test_difference_air_is_refined_by_the_same_generative_model(tiny_config, ima
         start, _, _ = refine_counts(dair, images, steps=0)
     refined, _, _ = refine_counts(dair, images, steps=10)
     assert torch.all(refined >= start - 1e-4)
-    assert torch.equal(dair.infer(images, refine_steps=10).counts, refined.argmax(1))
+    assert torch.equal(dair.infer(images, refine_steps=10, refine_samples=0).counts, refined.argmax(1))

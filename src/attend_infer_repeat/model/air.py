@@ -327,14 +327,15 @@ class AIR(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # Inference API
     # ------------------------------------------------------------------------------------------------------
-    def inferred(self, x: torch.Tensor, deterministic: bool = True, refine_steps: int = 0) -> tuple:
+    def inferred(self, x: torch.Tensor, deterministic: bool = True, refine_steps: int = 0,
+                 refine_samples: int = 0) -> tuple:
         """One batch of :meth:`infer`: the guide's latents, the canvas of the present objects, every step's
         window and the box of what each step's object draws."""
         q = self.guide(x, deterministic=deterministic)
         if refine_steps > 0:  # the count with the best refined ELBO, and its refined latents (refine.py)
             from .refine import refine_counts
 
-            scores, wheres, whats = refine_counts(self, x, refine_steps)
+            scores, wheres, whats = refine_counts(self, x, refine_steps, samples=refine_samples)
             n = scores.argmax(1)
             rows = torch.arange(x.size(0), device=x.device)
             z_pres = (torch.arange(self.config.max_steps, device=x.device)[None] < n[:, None]).to(x)
@@ -345,14 +346,15 @@ class AIR(nn.Module):
 
     @torch.no_grad()
     def infer(self, images, batch_size: int = 1000, deterministic: bool = True,
-              refine_steps: int = 0) -> InferenceResult:
+              refine_steps: int = 0, refine_samples: int = 128) -> InferenceResult:
         """Find the objects in images: float tensor (B, 1, H, W) or (B, H, W) in [0, 1], or a uint8 array.
 
         Deterministic by default (posterior means, z_pres = [p > 0.5]); runs in eval mode without gradients,
         in batches of ``batch_size``; returns tensors on the CPU. ``refine_steps`` > 0: the count (and the
         objects' z_where and z_what) whose ELBO is best after that many steps of refining the guide's latents
-        for each count (:mod:`.refine`; slower, for scenes unlike the training scenes); ``pres_probs`` and
-        ``object_scores`` stay the guide's."""
+        for each count (:mod:`.refine`; slower, for scenes unlike the training scenes), each count's ELBO
+        estimated by importance sampling with ``refine_samples`` samples (0: at the refined means);
+        ``pres_probs`` and ``object_scores`` stay the guide's."""
         from ..errors import InputError
         from .inputs import as_image_batch
 
@@ -361,13 +363,15 @@ class AIR(nn.Module):
             raise InputError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
         if refine_steps and not deterministic:
             raise InputError("refine_steps refines the posterior means: use it with deterministic=True")
+        if isinstance(refine_samples, bool) or not isinstance(refine_samples, int) or refine_samples < 0:
+            raise InputError(f"refine_samples must be a whole number >= 0, got {refine_samples!r}")
         x_all = as_image_batch(images, cfg.image_size)
         dev = self.where_prior_loc.device
         parts = []
         with eval_mode(self):
             for i in range(0, x_all.size(0), batch_size):
                 x = x_all[i:i + batch_size].to(dev)  # (the grid model, which shares this method, never refines)
-                parts.append(self.inferred(x, deterministic, refine_steps) if refine_steps else
+                parts.append(self.inferred(x, deterministic, refine_steps, refine_samples) if refine_steps else
                              self.inferred(x, deterministic))
         cat = lambda f: torch.cat([f(p) for p in parts]).cpu() if parts else torch.empty(0)  # noqa: E731
         z_pres = cat(lambda p: p[0].z_pres)

@@ -378,8 +378,9 @@ class GridAIR(nn.Module):
     # Inference API (as AIR's)
     # ------------------------------------------------------------------------------------------------------
     def infer(self, images, batch_size: int = 500, deterministic: bool = True,
-              refine_steps: int = 0) -> InferenceResult:
-        """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order)."""
+              refine_steps: int = 0, refine_samples: int = 128) -> InferenceResult:
+        """Find the objects in images, as :meth:`AIR.infer` does (present cells in row-major order);
+        ``refine_samples`` is only read with ``refine_steps``, which the grid model refuses."""
         if refine_steps:
             from ..errors import InputError
 
