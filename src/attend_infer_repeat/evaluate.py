@@ -299,8 +299,7 @@ def evaluate(model: AIR, data, iw_samples: int = 100, iw_images: int | None = 10
     if n == 0:
         raise InputError("no images to evaluate")
     t0 = time.perf_counter()
-    result = (model.infer(x, batch_size=batch_size, refine_steps=refine_steps, refine_samples=refine_samples)
-              if refine_steps else model.infer(x, batch_size=batch_size))
+    result = model.infer(x, batch_size=batch_size, refine_steps=refine_steps, refine_samples=refine_samples)
     pred = result.counts.numpy()
     n_steps = model.config.max_steps
     out: dict = {"n": n, "train_step": train_step, "max_steps": n_steps, "refine_steps": refine_steps,

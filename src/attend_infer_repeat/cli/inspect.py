@@ -5,6 +5,17 @@ from ..files import atomic_write
 from .options import non_negative_int, positive_int
 
 
+def add_refine_options(p) -> None:
+    """--refine-steps and --refine-samples, as air eval and air infer share them (AIR.infer's arguments)."""
+    p.add_argument("--refine-steps", type=non_negative_int, default=0, metavar="K",
+                   help="count with the guide's latents refined by K gradient steps on each count's ELBO, the best "
+                   "count kept (slower; for scenes unlike the training scenes, e.g. other digit sizes or "
+                   "overlapping digits; AIR only; default: 0, the guide alone)")
+    p.add_argument("--refine-samples", type=non_negative_int, default=128, metavar="S",
+                   help="with --refine-steps: each count's ELBO estimated by S importance samples; 0 scores it at "
+                   "the refined means (default: 128)")
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser(
         "eval", help="score a trained model on held-out scenes (counts, boxes, ELBO, log p(x))",
@@ -24,13 +35,7 @@ def add_eval(sub) -> None:
     p.add_argument("--iw-n", type=positive_int, default=1000, metavar="N",
                    help="estimate log p(x) on the first N scenes only, it costs K guide passes each "
                    "(default: 1000)")
-    p.add_argument("--refine-steps", type=non_negative_int, default=0, metavar="K",
-                   help="count with the guide's latents refined by K gradient steps on each count's ELBO, the best "
-                   "count kept (slower; for scenes unlike the training scenes, e.g. other digit sizes or "
-                   "overlapping digits; AIR only; default: 0, the guide alone)")
-    p.add_argument("--refine-samples", type=non_negative_int, default=128, metavar="S",
-                   help="with --refine-steps: each count's ELBO estimated by S importance samples; 0 scores it at "
-                   "the refined means (default: 128)")
+    add_refine_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampled estimates (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
     p.add_argument("--json", default=None, metavar="PATH",
@@ -85,13 +90,7 @@ def add_infer(sub) -> None:
     p.add_argument("--invert", choices=("auto", "always", "never"), default="auto",
                    help="make digits light on dark: auto inverts images whose border is bright (default: auto)")
     p.add_argument("--no-overlays", action="store_true", help="write only results.json")
-    p.add_argument("--refine-steps", type=non_negative_int, default=0, metavar="K",
-                   help="count with the guide's latents refined by K gradient steps on each count's ELBO, the best "
-                   "count kept (slower; for scenes unlike the training scenes, e.g. other digit sizes or "
-                   "overlapping digits; AIR only; default: 0, the guide alone)")
-    p.add_argument("--refine-samples", type=non_negative_int, default=128, metavar="S",
-                   help="with --refine-steps: each count's ELBO estimated by S importance samples; 0 scores it at "
-                   "the refined means (default: 128)")
+    add_refine_options(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: cpu)")
     p.set_defaults(func=run_infer)
 

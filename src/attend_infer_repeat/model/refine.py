@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from .objective import count_log_probs, kl_normal
+from .objective import count_log_probs, kl_normal, normal_log_prob
 
 
 def count_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Tensor, where_std: torch.Tensor,
@@ -48,12 +48,6 @@ def count_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Ten
     kl = (kl_normal(z_where[:, :n], where_std[:, :n], model.where_prior_loc, model.where_prior_std).sum((1, 2))
           + kl_normal(z_what[:, :n], what_std[:, :n], 0.0, 1.0).sum((1, 2)))
     return log_lik - kl
-
-
-def log_normal(z: torch.Tensor, loc, std) -> torch.Tensor:
-    """log N(z; loc, std^2), elementwise."""
-    std = torch.as_tensor(std, dtype=z.dtype, device=z.device)
-    return -0.5 * ((z - loc) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
 
 
 def importance_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Tensor, where_std: torch.Tensor,
@@ -74,10 +68,10 @@ def importance_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torc
         zh = z_what[None, :, :n] + what_std[None, :, :n] * eh
         placed = model.draw(zh.reshape(k * b, n, -1), zw.reshape(k * b, n, 3))[0]
         log_lik = model.log_likelihood(x.repeat(k, 1, 1, 1), model.compose(placed)).view(k, b)
-        log_p = (log_normal(zw, model.where_prior_loc, model.where_prior_std).sum((2, 3))
-                 + log_normal(zh, 0.0, 1.0).sum((2, 3)))
-        log_q = (log_normal(ew, 0.0, 1.0) - torch.log(where_std[None, :, :n])).sum((2, 3)) + \
-                (log_normal(eh, 0.0, 1.0) - torch.log(what_std[None, :, :n])).sum((2, 3))
+        log_p = (normal_log_prob(zw, model.where_prior_loc, model.where_prior_std).sum(2)
+                 + normal_log_prob(zh, 0.0, 1.0).sum(2))
+        log_q = (normal_log_prob(zw, z_where[None, :, :n], where_std[None, :, :n]).sum(2)
+                 + normal_log_prob(zh, z_what[None, :, :n], what_std[None, :, :n]).sum(2))
         log_w.append(log_lik + log_p - log_q)
     return torch.logsumexp(torch.cat(log_w), 0) - math.log(s_total)
 
@@ -97,8 +91,8 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
     where_std, what_std = q.z_where_std.detach(), q.z_what_std.detach()
     if samples:  # one set of noise for every image and count: an image's score does not depend on its batch
         g = torch.Generator().manual_seed(seed)
-        eps_where = torch.randn((samples, 1) + where_std.shape[1:], generator=g).to(x)
-        eps_what = torch.randn((samples, 1) + what_std.shape[1:], generator=g).to(x)
+        eps_where = torch.randn((samples, 1) + where_std.shape[1:], generator=g).to(x).expand(-1, x.size(0), -1, -1)
+        eps_what = torch.randn((samples, 1) + what_std.shape[1:], generator=g).to(x).expand(-1, x.size(0), -1, -1)
     scores, wheres, whats = [], [], []
     for n in range(cfg.max_steps + 1):
         z_where, z_what = q.z_where_loc.detach().clone(), q.z_what_loc.detach().clone()
@@ -124,8 +118,7 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
                 opt.step()
         if samples:
             with torch.no_grad():
-                best = importance_score(model, x, best_where, best_what, where_std, what_std, n,
-                                        eps_where.expand(-1, x.size(0), -1, -1), eps_what.expand(-1, x.size(0), -1, -1))
+                best = importance_score(model, x, best_where, best_what, where_std, what_std, n, eps_where, eps_what)
         scores.append(best + log_prior[n])
         wheres.append(best_where)
         whats.append(best_what)
