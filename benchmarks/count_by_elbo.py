@@ -54,7 +54,8 @@ def main() -> None:
         else:
             scenes = make_scenes("test", a.n, SceneConfig(digit_size=a.digit_size, counts=(count,), seed=a.seed))
         with eval_mode(model), torch.no_grad():  # the ELBO term of each count, unrefined (model/refine.py)
-            best = refine_counts(model, as_float_batch(torch.as_tensor(scenes.images)), steps=0)[0].argmax(1).numpy()
+            x = as_float_batch(torch.as_tensor(scenes.images))
+            best = refine_counts(model, x, steps=0).scores.argmax(1).numpy()
         guide = model.infer(scenes.images).counts.numpy()
         bins = model.config.max_steps + 1
         result["counts"][str(count)] = {

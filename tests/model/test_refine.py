@@ -9,7 +9,7 @@ from torch.distributions import Normal, kl_divergence
 from attend_infer_repeat.errors import InputError
 from attend_infer_repeat.model import AIR, eval_mode
 from attend_infer_repeat.model.objective import count_log_probs
-from attend_infer_repeat.model.refine import count_score, importance_score, refine_counts
+from attend_infer_repeat.model.refine import count_score, importance_score, refine_counts, starts
 
 
 @pytest.fixture
@@ -50,25 +50,24 @@ def test_count_score_is_the_count_elbo_term(model, images):
 
 def test_refining_never_lowers_a_count_score_and_improves_a_wrong_guide(model, images):
     with torch.no_grad():
-        start, _, _ = refine_counts(model, images, steps=0)
-    refined, wheres, whats = refine_counts(model, images, steps=30)
+        start = refine_counts(model, images, steps=0).scores
+    refined, wheres, whats, where_std, what_std = refine_counts(model, images, steps=30)
     assert refined.shape == start.shape == (6, model.config.max_steps + 1)
     assert torch.all(refined >= start - 1e-4)
     torch.testing.assert_close(refined[:, 0], start[:, 0])  # nothing to refine without objects
     assert (refined[:, 1:] > start[:, 1:] + 1.0).float().mean() > 0.9  # an untrained guide is far from its best
-    # each count's row holds the latents its score was computed from
+    # each count's row holds the latents (and the stds of the start they came from) its score was computed from
     log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
-    q = model.guide(images, deterministic=True, z_pres=images.new_ones(6, model.config.max_steps))
     for n in range(1, model.config.max_steps + 1):
         with torch.no_grad():
-            again = count_score(model, images, wheres[:, n], whats[:, n], q.z_where_std, q.z_what_std, n)
+            again = count_score(model, images, wheres[:, n], whats[:, n], where_std[:, n], what_std[:, n], n)
         torch.testing.assert_close(again + log_prior[n], refined[:, n], rtol=1e-4, atol=1e-2)
 
 
 def test_infer_with_refinement_takes_the_best_refined_count_and_leaves_the_model_alone(model, images):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with eval_mode(model):
-        scores, wheres, _ = refine_counts(model, images, steps=20, samples=128)
+        scores, wheres = refine_counts(model, images, steps=20, samples=128)[:2]
     result = model.infer(images, refine_steps=20)  # 128 importance samples per count by default
     assert torch.equal(result.counts, scores.argmax(1))
     for i, n in enumerate(result.counts.tolist()):
@@ -123,7 +122,7 @@ def test_an_images_refined_count_does_not_depend_on_its_batch(model, images):
 
 def test_refined_counts_scored_at_the_means_without_samples(model, images):
     with eval_mode(model):
-        scores, _, _ = refine_counts(model, images, steps=5)
+        scores = refine_counts(model, images, steps=5).scores
     assert torch.equal(model.infer(images, refine_steps=5, refine_samples=0).counts, scores.argmax(1))
 
 
@@ -157,7 +156,45 @@ def test_difference_air_is_refined_by_the_same_generative_model(tiny_config, ima
     torch.manual_seed(4)
     dair = AIR(dataclasses.replace(tiny_config, dair=True)).eval()
     with torch.no_grad():
-        start, _, _ = refine_counts(dair, images, steps=0)
-    refined, _, _ = refine_counts(dair, images, steps=10)
+        start = refine_counts(dair, images, steps=0).scores
+    refined = refine_counts(dair, images, steps=10).scores
     assert torch.all(refined >= start - 1e-4)
     assert torch.equal(dair.infer(images, refine_steps=10, refine_samples=0).counts, refined.argmax(1))
+
+
+def test_each_count_starts_from_every_way_of_keeping_n_of_the_first_n_plus_one_proposals():
+    assert starts(0, 3) == [()]
+    assert starts(1, 3) == [(0,), (1,)]
+    assert starts(2, 3) == [(0, 1), (0, 2), (1, 2)]
+    assert starts(3, 3) == [(0, 1, 2)]
+    assert starts(2, 2) == [(0, 1)]
+    assert all(len(set(s)) == 3 and max(s) <= 3 for s in starts(3, 5))
+
+
+class WastedFirstStep(AIR):
+    """AIR whose guide spends its first step on a window off the canvas: count 1 is found only from step 2."""
+
+    def guide(self, x, *args, **kwargs):
+        q = super().guide(x, *args, **kwargs)
+        loc = q.z_where_loc.clone()
+        loc[:, 0] = torch.tensor([4.0, 3.0, 3.0])
+        return dataclasses.replace(q, z_where_loc=loc, z_where=loc)
+
+
+def test_a_count_is_found_from_a_start_without_the_guides_wasted_step(model, images):
+    """Count 1's score is the better of steps 1 and 2 alone, its latents and stds those of the better one."""
+    wasted = WastedFirstStep(model.config).eval()
+    wasted.load_state_dict(model.state_dict())
+    x = images
+    with torch.no_grad():
+        q = wasted.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), model.config.max_steps))
+        alone = [count_score(wasted, x, q.z_where_loc[:, [i]], q.z_what_loc[:, [i]], q.z_where_std[:, [i]],
+                             q.z_what_std[:, [i]], 1) for i in (0, 1)]
+        got = refine_counts(wasted, x, steps=0)
+    log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
+    torch.testing.assert_close(got.scores[:, 1] - log_prior[1], torch.maximum(*alone))
+    from_second = alone[1] > alone[0]
+    assert from_second.any()  # a window off the canvas explains nothing: the second step's is better somewhere
+    torch.testing.assert_close(got.z_where[from_second, 1, 0], q.z_where_loc[from_second, 1])
+    torch.testing.assert_close(got.where_std[from_second, 1, 0], q.z_where_std[from_second, 1])
+    torch.testing.assert_close(got.z_where[~from_second, 1, 0], q.z_where_loc[~from_second, 0])

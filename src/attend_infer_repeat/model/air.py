@@ -335,11 +335,12 @@ class AIR(nn.Module):
         if refine_steps > 0:  # the count with the best refined ELBO, and its refined latents (refine.py)
             from .refine import refine_counts
 
-            scores, wheres, whats = refine_counts(self, x, refine_steps, samples=refine_samples)
-            n = scores.argmax(1)
+            refined = refine_counts(self, x, refine_steps, samples=refine_samples)
+            n = refined.scores.argmax(1)
             rows = torch.arange(x.size(0), device=x.device)
             z_pres = (torch.arange(self.config.max_steps, device=x.device)[None] < n[:, None]).to(x)
-            q = dataclasses.replace(q, z_pres=z_pres, z_where=wheres[rows, n], z_what=whats[rows, n])
+            q = dataclasses.replace(q, z_pres=z_pres, z_where=refined.z_where[rows, n],
+                                    z_what=refined.z_what[rows, n])
         placed, windows = self.draw(q.z_what, q.z_where)
         canvas = self.compose(placed * q.z_pres[:, :, None, None, None])
         return q, canvas, windows, ink_boxes(placed[:, :, 0], q.z_where, self.config)

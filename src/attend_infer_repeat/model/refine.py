@@ -11,13 +11,18 @@ and Mandt, ICML 2018) lets the one-object explanation grow its window and the tw
 window onto the leftover ink, and the model's own ELBO, no labels, then chooses between them.
 
 For each count n = 0..N, with the guide run with every step present (so each step's proposal is there whatever
-the count), the locs of z_where_1..n and z_what_1..n are moved by Adam to maximise
+the count), n of its proposals are taken as the start, and their locs of z_where and z_what are moved by Adam to
+maximise
 
     score(n) = log p(x | z_1..n) - sum_{i<=n} [KL(q(z_where_i) || p) + KL(q(z_what_i) || p)] + log p(n),
 
 the ELBO term of count n with the posterior means as the sample and the guide's standard deviations kept
-(``benchmarks/count_by_elbo.py`` scores the unrefined latents, ``steps=0``). The best latents seen for each
-count are kept, so a refined score is never below the guide's own.
+(``benchmarks/count_by_elbo.py`` scores the unrefined latents, ``steps=0``). Count n starts from every way of
+keeping n of the guide's first n + 1 proposals (:func:`starts`), each refined, and each image keeps its best
+start: where the guide spends two steps on one digit, or a step on nothing, before the step that finds the next
+digit, the first n steps cannot reach that digit by gradient ascent (one window does not cross the canvas onto ink
+it does not overlap), but a start without the wasted step holds it already. The best latents seen are kept, so a
+refined score is never below that of the guide's own first n steps.
 
 The count is then chosen by the importance-weighted estimate of log p(x, n) (``samples`` > 0; Burda, Grosse and
 Salakhutdinov, ICLR 2016) with q the guide's Gaussians at the refined locs:
@@ -32,6 +37,7 @@ every count and every image, so the choice is deterministic and an image's count
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -76,28 +82,52 @@ def importance_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torc
     return torch.logsumexp(torch.cat(log_w), 0) - math.log(s_total)
 
 
-def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples: int = 0, seed: int = 0):
-    """Refine every count's latents for images x (B, 1, H, W) by ``steps`` Adam steps of size ``lr``.
+def starts(n: int, steps: int) -> list[tuple[int, ...]]:
+    """Which of the guide's ``steps`` proposals count n starts from: every way of keeping n of its first n + 1
+    (the first n first), or the first n where there is no (n + 1)-th."""
+    if n == 0 or n >= steps:
+        return [tuple(range(n))]
+    return [tuple(i for i in range(n + 1) if i != drop) for drop in range(n, -1, -1)]
 
-    Returns (scores (B, N + 1) of the refined latents, log p(n) included: score(n), or with ``samples`` > 0 the
-    importance-weighted estimate from that many samples, its noise drawn from ``seed``; z_where (B, N + 1, N, 3)
-    and z_what (B, N + 1, N, D): the refined latents of each count n in row n, its first n steps used). The
-    model's weights are not changed and get no gradients."""
+
+class Refined(NamedTuple):
+    """:func:`refine_counts`' answer, one row per count n = 0..N: ``scores`` (B, N + 1), log p(n) included;
+    ``z_where`` (B, N + 1, N, 3), ``z_what`` (B, N + 1, N, D) and their guide's stds ``where_std``, ``what_std``
+    (the same shapes): the refined latents of count n in row n, its first n steps used."""
+    scores: torch.Tensor
+    z_where: torch.Tensor
+    z_what: torch.Tensor
+    where_std: torch.Tensor
+    what_std: torch.Tensor
+
+
+def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples: int = 0, seed: int = 0) -> Refined:
+    """Refine every count's latents for images x (B, 1, H, W) by ``steps`` Adam steps of size ``lr``, from each
+    of its starts (:func:`starts`), and keep each image's best start by score(n).
+
+    Returns :class:`Refined`: score(n) of the kept latents, or with ``samples`` > 0 the importance-weighted
+    estimate from that many samples, its noise drawn from ``seed``. The model's weights are not changed and get
+    no gradients."""
     cfg = model.config
+    b, big_n = x.size(0), cfg.max_steps
     with torch.no_grad():
-        q = model.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), cfg.max_steps))
+        q = model.guide(x, deterministic=True, z_pres=x.new_ones(b, big_n))
         # log p(n): the count prior at the end of its annealing (a geometric prior's), the one training ends with
         log_prior = count_log_probs(torch.logit(model.prior(cfg.z_pres_anneal_steps).double()).float()).to(x)
-    where_std, what_std = q.z_where_std.detach(), q.z_what_std.detach()
+    guide = [t.detach() for t in (q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std)]
     if samples:  # one set of noise for every image and count: an image's score does not depend on its batch
         g = torch.Generator().manual_seed(seed)
-        eps_where = torch.randn((samples, 1) + where_std.shape[1:], generator=g).to(x).expand(-1, x.size(0), -1, -1)
-        eps_what = torch.randn((samples, 1) + what_std.shape[1:], generator=g).to(x).expand(-1, x.size(0), -1, -1)
-    scores, wheres, whats = [], [], []
-    for n in range(cfg.max_steps + 1):
-        z_where, z_what = q.z_where_loc.detach().clone(), q.z_what_loc.detach().clone()
+        eps_where = torch.randn((samples, 1) + guide[2].shape[1:], generator=g).to(x).expand(-1, b, -1, -1)
+        eps_what = torch.randn((samples, 1) + guide[3].shape[1:], generator=g).to(x).expand(-1, b, -1, -1)
+    rows: list[list[torch.Tensor]] = [[], [], [], [], []]
+    for n in range(big_n + 1):
+        # every start of count n side by side in one batch: start c of image i is row c * B + i
+        begins = starts(n, big_n)
+        order = torch.tensor([list(s) + [i for i in range(big_n) if i not in s] for s in begins], device=x.device)
+        z_where, z_what, where_std, what_std = (t[:, order].transpose(0, 1).flatten(0, 1) for t in guide)
+        xs = x.repeat(len(begins), 1, 1, 1)
         with torch.no_grad():
-            best = count_score(model, x, z_where, z_what, where_std, what_std, n)
+            best = count_score(model, xs, z_where, z_what, where_std, what_std, n)
         best_where, best_what = z_where.clone(), z_what.clone()
         if n > 0 and steps > 0:
             z_where.requires_grad_(True)
@@ -105,7 +135,7 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
             opt = torch.optim.Adam([z_where, z_what], lr=lr)
             for t in range(steps + 1):
                 with torch.enable_grad():
-                    score = count_score(model, x, z_where, z_what, where_std, what_std, n)
+                    score = count_score(model, xs, z_where, z_what, where_std, what_std, n)
                     grads = torch.autograd.grad(-score.sum(), [z_where, z_what]) if t < steps else None
                 with torch.no_grad():  # keep, image by image, the best latents seen (the score before this step)
                     better = score.detach() > best
@@ -116,10 +146,12 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
                     break
                 z_where.grad, z_what.grad = grads
                 opt.step()
+        # each image's best start (the first of equals: the guide's own first n when nothing beats it)
+        pick = best.view(len(begins), b).argmax(0) * b + torch.arange(b, device=x.device)
+        best, kept = best[pick], [t[pick] for t in (best_where, best_what, where_std, what_std)]
         if samples:
             with torch.no_grad():
-                best = importance_score(model, x, best_where, best_what, where_std, what_std, n, eps_where, eps_what)
-        scores.append(best + log_prior[n])
-        wheres.append(best_where)
-        whats.append(best_what)
-    return torch.stack(scores, 1), torch.stack(wheres, 1), torch.stack(whats, 1)
+                best = importance_score(model, x, *kept, n, eps_where, eps_what)
+        for row, value in zip(rows, [best + log_prior[n], *kept]):
+            row.append(value)
+    return Refined(torch.stack(rows[0], 1), *(torch.stack(r, 1) for r in rows[1:]))
