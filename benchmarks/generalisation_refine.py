@@ -4,7 +4,7 @@ the guide and of ``AIR.infer(refine_steps=K, refine_samples=S)`` on the experime
 unseen count (the same scenes, so the two are paired) and on new held-out scenes of the training counts.
 
 usage: python benchmarks/generalisation_refine.py EXPERIMENT_DIR [--refine-steps 100] [--refine-samples 128]
-       [--runs GLOB] [--threads 1] [--out FILE]
+       [--runs GLOB] [--scenes N] [--threads 1] [--out FILE]
 """
 import argparse
 import json
@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("--refine-samples", type=int, default=128)
     p.add_argument("--runs", default="*-seed*", help="which run folders, a glob (default: all)")
+    p.add_argument("--scenes", type=int, default=None, help="the first this many scenes of each set (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     a = p.parse_args()
@@ -53,13 +54,13 @@ def main() -> None:
         bins = model.config.max_steps + 1
         row = {"setting": setting, "model": model_name, "seed": int(seed[4:]), "run_dir": str(run_dir)}
         for name, scenes in sets.items():
+            images, counts = scenes.images[:a.scenes], scenes.counts[:a.scenes]
             t0 = time.time()
-            guide = model.infer(scenes.images).counts.numpy()
+            guide = model.infer(images).counts.numpy()
             t1 = time.time()
-            refined = model.infer(scenes.images, refine_steps=a.refine_steps,
-                                  refine_samples=a.refine_samples).counts.numpy()
-            row[name] = {"n": len(scenes), "guide_acc": float((guide == scenes.counts).mean()),
-                         "refined_acc": float((refined == scenes.counts).mean()),
+            refined = model.infer(images, refine_steps=a.refine_steps, refine_samples=a.refine_samples).counts.numpy()
+            row[name] = {"n": len(images), "guide_acc": float((guide == counts).mean()),
+                         "refined_acc": float((refined == counts).mean()),
                          "guide_histogram": np.bincount(guide, minlength=bins).tolist(),
                          "refined_histogram": np.bincount(refined, minlength=bins).tolist(),
                          "refined_seconds": round(time.time() - t1, 1), "guide_seconds": round(t1 - t0, 2)}

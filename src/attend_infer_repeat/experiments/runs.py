@@ -43,7 +43,8 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, progress: bool, extra_eval=No
 
     # a run of another configuration (or an unfinished one) in the way is replaced: the experiment owns its
     # run folders, and the trainer refuses to start afresh over a run's files
-    for stale in ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "unseen_count_curve.json"):
+    for stale in ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "unseen_count_curve.json",
+                  "refined_counts.json"):
         (run_dir / stale).unlink(missing_ok=True)
     trainer = Trainer(cfg, run_dir, progress=progress, tensorboard=False, on_eval=extra_eval)
     summary = trainer.fit()
@@ -52,9 +53,9 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, progress: bool, extra_eval=No
     return trainer.model.cpu(), summary, False
 
 
-def _count_accuracy(model, images: np.ndarray, counts: np.ndarray) -> tuple[float, list[int]]:
-    """Count accuracy and the histogram of predicted counts (0..N)."""
-    pred = model.infer(images).counts.numpy()
+def _count_accuracy(model, images: np.ndarray, counts: np.ndarray, **infer) -> tuple[float, list[int]]:
+    """Count accuracy and the histogram of predicted counts (0..N); ``infer``: AIR.infer's options."""
+    pred = model.infer(images, **infer).counts.numpy()
     hist = np.bincount(pred, minlength=model.config.max_steps + 1)
     return float((pred == counts).mean()) if len(counts) else float("nan"), [int(h) for h in hist]
 

@@ -18,11 +18,11 @@ maximise
 
 the ELBO term of count n with the posterior means as the sample and the guide's standard deviations kept
 (``benchmarks/count_by_elbo.py`` scores the unrefined latents, ``steps=0``). Count n starts from every way of
-keeping n of the guide's first n + 1 proposals (:func:`starts`), each refined, and each image keeps its best
-start: where the guide spends two steps on one digit, or a step on nothing, before the step that finds the next
-digit, the first n steps cannot reach that digit by gradient ascent (one window does not cross the canvas onto ink
-it does not overlap), but a start without the wasted step holds it already. The best latents seen are kept, so a
-refined score is never below that of the guide's own first n steps.
+keeping n of the guide's first n + 1 proposals (:func:`starts`), each refined, and each image keeps its best start
+(by the score the count is then chosen by): where the guide spends two steps on one digit, or a step on nothing,
+before the step that finds the next digit, the first n steps cannot reach that digit by gradient ascent (one window
+does not cross the canvas onto ink it does not overlap), but a start without the wasted step holds it already. The
+best latents seen are kept, so a refined score is never below that of the guide's own first n steps.
 
 The count is then chosen by the importance-weighted estimate of log p(x, n) (``samples`` > 0; Burda, Grosse and
 Salakhutdinov, ICLR 2016) with q the guide's Gaussians at the refined locs:
@@ -103,7 +103,7 @@ class Refined(NamedTuple):
 
 def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples: int = 0, seed: int = 0) -> Refined:
     """Refine every count's latents for images x (B, 1, H, W) by ``steps`` Adam steps of size ``lr``, from each
-    of its starts (:func:`starts`), and keep each image's best start by score(n).
+    of its starts (:func:`starts`), and keep each image's best start, by the score the count is chosen by.
 
     Returns :class:`Refined`: score(n) of the kept latents, or with ``samples`` > 0 the importance-weighted
     estimate from that many samples, its noise drawn from ``seed``. The model's weights are not changed and get
@@ -117,8 +117,8 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
     guide = [t.detach() for t in (q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std)]
     if samples:  # one set of noise for every image and count: an image's score does not depend on its batch
         g = torch.Generator().manual_seed(seed)
-        eps_where = torch.randn((samples, 1) + guide[2].shape[1:], generator=g).to(x).expand(-1, b, -1, -1)
-        eps_what = torch.randn((samples, 1) + guide[3].shape[1:], generator=g).to(x).expand(-1, b, -1, -1)
+        eps_where = torch.randn((samples, 1) + guide[2].shape[1:], generator=g).to(x)
+        eps_what = torch.randn((samples, 1) + guide[3].shape[1:], generator=g).to(x)
     rows: list[list[torch.Tensor]] = [[], [], [], [], []]
     for n in range(big_n + 1):
         # every start of count n side by side in one batch: start c of image i is row c * B + i
@@ -146,12 +146,14 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
                     break
                 z_where.grad, z_what.grad = grads
                 opt.step()
+        if samples:  # every start scored by the estimate the count is chosen by
+            with torch.no_grad():
+                best = importance_score(model, xs, best_where, best_what, where_std, what_std, n,
+                                        eps_where.expand(-1, xs.size(0), -1, -1),
+                                        eps_what.expand(-1, xs.size(0), -1, -1))
         # each image's best start (the first of equals: the guide's own first n when nothing beats it)
         pick = best.view(len(begins), b).argmax(0) * b + torch.arange(b, device=x.device)
         best, kept = best[pick], [t[pick] for t in (best_where, best_what, where_std, what_std)]
-        if samples:
-            with torch.no_grad():
-                best = importance_score(model, x, *kept, n, eps_where, eps_what)
         for row, value in zip(rows, [best + log_prior[n], *kept]):
             row.append(value)
     return Refined(torch.stack(rows[0], 1), *(torch.stack(r, 1) for r in rows[1:]))
