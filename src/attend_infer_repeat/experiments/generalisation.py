@@ -179,6 +179,9 @@ def _parallel_runs(cfg: GeneralisationConfig, jobs: list[tuple], out_dir: Path, 
             out[job] = run = future.result()
             if progress:
                 scores = ", ".join(f"{c} digits {a:.1%}" for c, a in run["unseen_count_acc"].items())
+                if run["refined"]:
+                    scores += " (refined: " + ", ".join(f"{a:.1%}" for a in run["refined"]["unseen_count_acc"].values())
+                    scores += f"; training counts {run['refined']['seen_counts_acc']:.1%})"
                 print(f"[{len(out)}/{len(jobs)}] {job[0]} {LABELS[job[1]]} seed {job[2]}: {scores} "
                       f"({run['wall_minutes']} min{', reused' if run['reused_run'] else ''})", flush=True)
     return out
@@ -309,7 +312,7 @@ def generalisation_figure(out: dict, path: Path) -> None:
     panels = [(setting, count) for setting, r in out["results"].items() for count in r["test_counts"]]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.2 * len(panels)), 4.0), sharey=True, squeeze=False)
     colours = {"air": "tab:red", "dair": "tab:blue", "dair_memoryless": "tab:green"}
     for ax, (setting, count) in zip(axes[0], panels):
         r = out["results"][setting]
@@ -324,7 +327,8 @@ def generalisation_figure(out: dict, path: Path) -> None:
             refined = r[name]["summary"].get("refined")
             if refined:  # the final models' refined count: the seeds' mean, a bar from the worst to the best seed
                 u = refined["unseen_count_acc"][str(count)]
-                ax.errorbar([steps[-1]], [u["mean"]], yerr=[[u["mean"] - u["min"]], [u["max"] - u["mean"]]],
+                nudge = (MODELS.index(name) - 1) * 0.03 * steps[-1]  # the models' stars side by side
+                ax.errorbar([steps[-1] + nudge], [u["mean"]], yerr=[[u["mean"] - u["min"]], [u["max"] - u["mean"]]],
                             color=colours[name], marker="*", markersize=9, capsize=3, linestyle="none",
                             label=f"{LABELS[name]}, refined count")
             paper = out["paper"][setting][str(count)][name]
@@ -337,8 +341,8 @@ def generalisation_figure(out: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("count accuracy on the unseen count")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Counts never seen in training: the guide's count, mean over seeds, band from worst to best seed; "
-                 "star: the refined count of the final models; dashed: the paper",
+    fig.suptitle("Counts never seen in training. Lines: the guide's count, mean over seeds (band: worst to\n"
+                 "best seed); stars: the final models' refined count; dashed: the paper",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
