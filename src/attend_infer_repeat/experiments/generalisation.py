@@ -13,8 +13,8 @@ import torch
 
 from ..config import ModelConfig, RunConfig, TrainConfig, _check
 from ..data import SceneConfig, load_or_make_scenes
+from ..data.datasets import run_test_data
 from ..provenance import record
-from ..run_setup import load_data
 from .runs import _count_accuracy, _read_json, _train_or_reuse, _write_json, _write_text
 
 #: The generalisation settings: the counts seen in training and the counts held back for testing.
@@ -218,22 +218,20 @@ def _generalisation_run(cfg: GeneralisationConfig, setting: str, name: str, seed
 def _refined_scores(cfg: GeneralisationConfig, run_cfg: RunConfig, model, tests: dict, run_dir: Path) -> dict:
     """The refined count's accuracy on the first ``refine_scenes`` scenes of each unseen count and of the run's
     held-out training-count scenes (kept in the run's folder: a reused run is not refined again)."""
-    settings = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples,
-                "refine_scenes": cfg.refine_scenes}
+    refine = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples}
+    settings = {**refine, "refine_scenes": cfg.refine_scenes}
     kept = _read_json(run_dir / "refined_counts.json")
     if kept.get("settings") == settings:  # (a run trained anew deletes it: experiments/runs.py)
         return kept["scores"]
     t0, n = time.time(), cfg.refine_scenes
-    refine = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples}
     unseen = {str(c): _count_accuracy(model, t.images[:n], t.counts[:n], **refine) for c, t in tests.items()}
-    held_out = load_data(run_cfg)
-    seen_acc, seen_hist = _count_accuracy(model, held_out.test_images[:n], held_out.test_counts[:n].numpy(),
-                                          **refine)
+    held_out = run_test_data(run_cfg)  # the scenes air train scored the run on (its training scenes not loaded)
+    seen_acc, seen_hist = _count_accuracy(model, held_out.images[:n], held_out.counts[:n], **refine)
     scores = {"unseen_count_acc": {c: acc for c, (acc, _) in unseen.items()},
               "predicted_count_histogram": {c: hist for c, (_, hist) in unseen.items()},
               "seen_counts_acc": seen_acc, "seen_counts_histogram": seen_hist,
               "n_unseen": {str(c): min(n, len(t)) for c, t in tests.items()},
-              "n_seen": min(n, len(held_out.test_images)), "minutes": round((time.time() - t0) / 60, 2)}
+              "n_seen": min(n, len(held_out.images)), "minutes": round((time.time() - t0) / 60, 2)}
     _write_json(run_dir / "refined_counts.json", {"settings": settings, "scores": scores})
     return scores
 
