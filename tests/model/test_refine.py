@@ -84,8 +84,10 @@ def _canvas(model, z_where, z_what, n, like):
     return model.draw(z_what[:, :n], z_where[:, :n])[0].sum(1) if n else torch.zeros_like(like)
 
 
-def test_importance_score_is_the_importance_weighted_estimate(model, images):
-    """log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s), against torch.distributions, for each count."""
+@pytest.mark.parametrize("canvases", [3, 12, 10_000])  # blocks of images, of samples, and one block
+def test_importance_score_is_the_importance_weighted_estimate(model, images, canvases):
+    """log (1/S) sum_s p(x | z_s) p(z_s) / q(z_s), against torch.distributions, for each count, however the
+    images and samples are split into blocks, with each image's own noise or one noise shared by all."""
     x = images
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -94,7 +96,13 @@ def test_importance_score_is_the_importance_weighted_estimate(model, images):
         eps_what = torch.randn((7,) + q.z_what_std.shape, generator=g)
         for n in range(model.config.max_steps + 1):
             got = importance_score(model, x, q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std, n,
-                                   eps_where, eps_what, chunk=3)
+                                   eps_where, eps_what, canvases=canvases)
+            shared = importance_score(model, x, q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std, n,
+                                      eps_where[:, :1], eps_what[:, :1], canvases=canvases)
+            alone = [importance_score(model, x[i:i + 1], q.z_where_loc[i:i + 1], q.z_what_loc[i:i + 1],
+                                      q.z_where_std[i:i + 1], q.z_what_std[i:i + 1], n,
+                                      eps_where[:, :1], eps_what[:, :1]) for i in range(x.size(0))]
+            torch.testing.assert_close(shared, torch.cat(alone), rtol=1e-5, atol=1e-3)
             log_w = []
             for s in range(7):
                 zw = q.z_where_loc + q.z_where_std * eps_where[s]

@@ -58,28 +58,42 @@ def count_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Ten
 
 def importance_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Tensor, where_std: torch.Tensor,
                      what_std: torch.Tensor, n: int, eps_where: torch.Tensor, eps_what: torch.Tensor,
-                     chunk: int = 16) -> torch.Tensor:
-    """log (1/S) sum_s p(x, z^s) / q(z^s), z^s = loc + std * eps_s (eps (S, B, >= n, ...)), without log p(n): (B,).
+                     canvases: int = 1024) -> torch.Tensor:
+    """log (1/S) sum_s p(x, z^s) / q(z^s), z^s = loc + std * eps_s (eps (S, 1 or B, >= n, ...)), without log p(n):
+    (B,).
 
     The importance-weighted estimate of log p(x | n) (Burda, Grosse and Salakhutdinov, ICLR 2016) with q the guide's
-    Gaussians at the (refined) locs; unlike score(n) it charges an object for how precisely it must sit to help."""
+    Gaussians at the (refined) locs; unlike score(n) it charges an object for how precisely it must sit to help.
+    Worked out in blocks of images and samples of about ``canvases`` canvases: the estimate is memory-bound, and
+    blocks that stay in the CPU's cache are several times faster than one block of every sample and image."""
     if n == 0:
         return model.log_likelihood(x, torch.zeros_like(x))
     b, s_total = x.size(0), eps_where.size(0)
-    log_w = []
-    for i in range(0, s_total, chunk):
-        ew, eh = eps_where[i:i + chunk, :, :n], eps_what[i:i + chunk, :, :n]
-        k = ew.size(0)
-        zw = z_where[None, :, :n] + where_std[None, :, :n] * ew
-        zh = z_what[None, :, :n] + what_std[None, :, :n] * eh
-        placed = model.draw(zh.reshape(k * b, n, -1), zw.reshape(k * b, n, 3))[0]
-        log_lik = model.log_likelihood(x.repeat(k, 1, 1, 1), model.compose(placed)).view(k, b)
-        log_p = (normal_log_prob(zw, model.where_prior_loc, model.where_prior_std).sum(2)
-                 + normal_log_prob(zh, 0.0, 1.0).sum(2))
-        log_q = (normal_log_prob(zw, z_where[None, :, :n], where_std[None, :, :n]).sum(2)
-                 + normal_log_prob(zh, z_what[None, :, :n], what_std[None, :, :n]).sum(2))
-        log_w.append(log_lik + log_p - log_q)
-    return torch.logsumexp(torch.cat(log_w), 0) - math.log(s_total)
+    rows = min(b, canvases)
+    k = max(1, canvases // rows)  # samples per block
+    shared = eps_where.size(1) == 1  # one noise for every image, or an image's own
+    out = []
+    for r in range(0, b, rows):
+        xb = x[r:r + rows]
+        loc_where, loc_what = z_where[None, r:r + rows, :n], z_what[None, r:r + rows, :n]
+        std_where, std_what = where_std[None, r:r + rows, :n], what_std[None, r:r + rows, :n]
+        m = xb.size(0)
+        log_w = []
+        for i in range(0, s_total, k):
+            per = slice(None) if shared else slice(r, r + rows)
+            ew, eh = eps_where[i:i + k, per, :n], eps_what[i:i + k, per, :n]
+            zw, zh = loc_where + std_where * ew, loc_what + std_what * eh  # (k, m, n, ...)
+            kk = zw.size(0)
+            placed = model.draw(zh.reshape(kk * m, n, -1), zw.reshape(kk * m, n, 3))[0]
+            canvas = model.compose(placed).view(kk, m, *xb.shape[1:])
+            log_lik = model.log_likelihood(xb[None], canvas)
+            log_p = (normal_log_prob(zw, model.where_prior_loc, model.where_prior_std).sum(2)
+                     + normal_log_prob(zh, 0.0, 1.0).sum(2))
+            log_q = (normal_log_prob(zw, loc_where, std_where).sum(2)
+                     + normal_log_prob(zh, loc_what, std_what).sum(2))
+            log_w.append(log_lik + log_p - log_q)
+        out.append(torch.logsumexp(torch.cat(log_w), 0) - math.log(s_total))
+    return torch.cat(out)
 
 
 def starts(n: int, steps: int) -> list[tuple[int, ...]]:
@@ -149,8 +163,7 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
         if samples:  # every start scored by the estimate the count is chosen by
             with torch.no_grad():
                 best = importance_score(model, xs, best_where, best_what, where_std, what_std, n,
-                                        eps_where.expand(-1, xs.size(0), -1, -1),
-                                        eps_what.expand(-1, xs.size(0), -1, -1))
+                                        eps_where, eps_what)
         # each image's best start (the first of equals: the guide's own first n when nothing beats it)
         pick = best.view(len(begins), b).argmax(0) * b + torch.arange(b, device=x.device)
         best, kept = best[pick], [t[pick] for t in (best_where, best_what, where_std, what_std)]
