@@ -92,6 +92,18 @@ def test_latent_features_of_a_real_model_follow_its_boxes(tiny_config):
 
 
 # ------------------------------------------------------------------------------------------- configs
+def test_generalisation_trains_as_many_runs_at_once_as_the_cores_hold(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert GeneralisationConfig().run_jobs() == 8 and GeneralisationConfig().run_threads() == 1
+    assert GeneralisationConfig(threads=2).run_jobs() == 4  # the cores shared at --threads each
+    assert GeneralisationConfig(seeds=1, models=("air",), settings=("interpolation",)).run_jobs() == 1  # one run
+    assert GeneralisationConfig(jobs=3).run_jobs() == 3 and GeneralisationConfig(jobs=3).run_threads() == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one at a time
+    assert GeneralisationConfig().run_jobs() == 1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"settings": ("sideways",)}, "settings must be some of"),
     ({"models": ()}, "models must be some of"),
@@ -154,7 +166,7 @@ def tiny_experiment_model(tiny_config):
 
 @needs_mnist
 def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
-    cfg = GeneralisationConfig(steps=2, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
+    cfg = GeneralisationConfig(steps=2, seeds=2, threads=1, jobs=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
                                batch_size=8, digit_size=4, model=tiny_experiment_model,
                                refine_steps=2, refine_samples=4, refine_scenes=5)
     out = generalisation(cfg, tmp_path, progress=False)
@@ -223,7 +235,7 @@ def test_generalisation_end_to_end_tiny(tmp_path, tiny_experiment_model):
 
 @needs_mnist
 def test_generalisation_runs_in_parallel_jobs_give_the_same_numbers(tmp_path, tiny_experiment_model):
-    cfg = GeneralisationConfig(steps=3, seeds=2, threads=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
+    cfg = GeneralisationConfig(steps=3, seeds=2, threads=1, jobs=1, n_train=32, n_heldout=8, n_test=8, eval_every=1,
                                batch_size=8, digit_size=4, model=tiny_experiment_model, refine_steps=0,
                                settings=("interpolation",), models=("air", "dair"))
     one = generalisation(cfg, tmp_path / "one", progress=False)

@@ -198,7 +198,7 @@ def test_a_count_is_found_from_a_start_without_the_guides_wasted_step(model, ima
         q = wasted.guide(x, deterministic=True, z_pres=x.new_ones(x.size(0), model.config.max_steps))
         alone = [count_score(wasted, x, q.z_where_loc[:, [i]], q.z_what_loc[:, [i]], q.z_where_std[:, [i]],
                              q.z_what_std[:, [i]], 1) for i in (0, 1)]
-        got = refine_counts(wasted, x, steps=0)
+        got = refine_counts(wasted, x, steps=0, leftover=False)  # the guide's starts alone
     log_prior = count_log_probs(torch.logit(model.prior(0).double()).float())
     torch.testing.assert_close(got.scores[:, 1] - log_prior[1], torch.maximum(*alone))
     from_second = alone[1] > alone[0]
@@ -206,3 +206,51 @@ def test_a_count_is_found_from_a_start_without_the_guides_wasted_step(model, ima
     torch.testing.assert_close(got.z_where[from_second, 1, 0], q.z_where_loc[from_second, 1])
     torch.testing.assert_close(got.where_std[from_second, 1, 0], q.z_where_std[from_second, 1])
     torch.testing.assert_close(got.z_where[~from_second, 1, 0], q.z_where_loc[~from_second, 0])
+
+
+def test_the_leftover_start_puts_a_window_on_the_ink_nothing_explains(model):
+    """With nothing drawn yet (count 1), the new window is centred on the one square, as large as the guide's
+    first window, and its z_what is the guide's encoding of that window; the slots before it are untouched."""
+    from attend_infer_repeat.model import attention
+    from attend_infer_repeat.model.refine import leftover_start
+
+    x = torch.zeros(2, 1, 20, 20)
+    x[0, 0, 2:8, 12:18] = 0.9  # centre: row 4.5, column 14.5 -> normalised (0.5, -0.5)
+    x[1, 0, 13:19, 1:7] = 0.9  # centre: row 15.5, column 3.5 -> normalised (-0.6, 0.6)
+    with torch.no_grad():
+        q = model.guide(x, deterministic=True, z_pres=x.new_ones(2, model.config.max_steps))
+        guide = (q.z_where_loc, q.z_what_loc, q.z_where_std, q.z_what_std)
+        z_where, z_what, where_std, what_std = leftover_start(model, x, *guide, 1, q.z_where_loc[:, 0, 0])
+        torch.testing.assert_close(z_where[:, 0, 1:], torch.tensor([[0.5, -0.5], [-0.6, 0.6]]))
+        torch.testing.assert_close(z_where[:, 0, 0], q.z_where_loc[:, 0, 0])
+        loc, std = model.encoder(attention.crop(x, z_where[:, 0], model.config.window_size, model.config.min_zoom))
+    torch.testing.assert_close(z_what[:, 0], loc)
+    torch.testing.assert_close(what_std[:, 0], std)
+    torch.testing.assert_close(where_std, q.z_where_std)
+    for new, old in zip((z_where, z_what), guide[:2]):
+        torch.testing.assert_close(new[:, 1:], old[:, 1:])
+
+
+class OneLook(AIR):
+    """AIR whose guide finds one object at most: every step after the first looks off the canvas."""
+
+    def guide(self, x, *args, **kwargs):
+        q = super().guide(x, *args, **kwargs)
+        loc = q.z_where_loc.clone()
+        loc[:, 1:] = torch.tensor([4.0, 3.0, 3.0])
+        return dataclasses.replace(q, z_where_loc=loc, z_where=loc)
+
+
+def test_a_digit_every_proposal_misses_is_found_from_the_leftover_start(model, images):
+    """Every start of count 2 from the guide holds a window off the canvas; the leftover start puts one on the
+    second square instead, so count 2 scores better (never worse) with it, and refinement raises it further."""
+    blind = OneLook(model.config).eval()
+    blind.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        without = refine_counts(blind, images, steps=0, leftover=False).scores
+        with_it = refine_counts(blind, images, steps=0).scores
+    assert torch.all(with_it >= without - 1e-4)
+    two = torch.arange(6) % 2 == 1  # the images with two squares
+    assert torch.all(with_it[two, 2] > without[two, 2] + 1.0)
+    refined = refine_counts(blind, images, steps=20).scores
+    assert torch.all(refined[two, 2] >= with_it[two, 2] - 1e-4)

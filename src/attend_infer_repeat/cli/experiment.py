@@ -51,8 +51,8 @@ def add_experiment(sub) -> None:
     g.add_argument("--settings", type=names_type(tuple(SETTINGS)), default=tuple(SETTINGS),
                    help=f"which settings (default: {','.join(SETTINGS)})")
     g.add_argument("--jobs", type=positive_int, default=None,
-                   help="runs trained at once, each in its own process (default: 1; 2 on a 2-core machine "
-                   "finishes sooner than one run at a time with 2 threads)")
+                   help="runs trained at once, each in its own process (default: one per core, or per --threads "
+                   "cores, at most the number of runs)")
     g.add_argument("--models", type=names_type(MODELS), default=MODELS,
                    help="which models (default: air,dair,dair_memoryless)")
     g.add_argument("--seeds", type=positive_int, default=None,
@@ -70,7 +70,7 @@ def add_experiment(sub) -> None:
     g.add_argument("--refine-samples", type=non_negative_int, default=None, metavar="S",
                    help="importance samples per count for the refined count (default: 128)")
     g.add_argument("--refine-scenes", type=positive_int, default=None, metavar="N",
-                   help="the refined count on the first N scenes of each set (default: 1000)")
+                   help="the refined count on the first N scenes of each set (default: 500)")
     d.add_argument("--model", default=None, metavar="RUN",
                    help="use this trained model (run directory or .pt) instead of training one")
     d.add_argument("--budgets", type=budgets_type, default=None,

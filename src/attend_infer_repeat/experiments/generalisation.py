@@ -14,6 +14,7 @@ import torch
 from ..config import ModelConfig, RunConfig, TrainConfig, _check
 from ..data import SceneConfig, load_or_make_scenes
 from ..data.datasets import run_test_data
+from ..model.refine import PROCEDURE as REFINE_PROCEDURE
 from ..provenance import record
 from .runs import _count_accuracy, _read_json, _train_or_reuse, _write_json, _write_text
 
@@ -47,8 +48,10 @@ class GeneralisationConfig:
     seed: int = 0  # the first seed; the runs use seed, seed + 1, ..., seed + seeds - 1
     seeds: int = 3
     threads: int | None = None  # torch threads of each run (None: torch's choice, or cores / jobs with jobs > 1)
-    jobs: int = 1  # runs trained at once, each in a process of its own (two one-thread runs beat one
-    # two-thread run on a 2-core machine: the networks are too small to keep two threads busy)
+    # runs trained at once, each in a process of its own; None: as many as the cores hold at ``threads`` each
+    # (1 thread: two one-thread runs beat one two-thread run on a 2-core machine, the networks being too small to
+    # keep two threads busy), never more than there are runs
+    jobs: int | None = None
     settings: tuple[str, ...] = tuple(SETTINGS)
     models: tuple[str, ...] = MODELS
     max_steps: int | None = None  # N; None: the setting's (SETTING_SCENES)
@@ -61,10 +64,10 @@ class GeneralisationConfig:
     # the final model of each run also counted by the refined count (AIR.infer(refine_steps=...), model/refine.py:
     # each count's latents refined and the count with the best importance-weighted ELBO chosen), beside the
     # guide's count, on the first refine_scenes scenes of each unseen count and of the held-out training counts;
-    # 0: the guide's count only
+    # 0: the guide's count only (500 scenes, not the 2,000 the guide is scored on: refining costs more than training)
     refine_steps: int = 100
     refine_samples: int = 128
-    refine_scenes: int = 1000
+    refine_scenes: int = 500
     data_seed: int = 0
     data_dir: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)  # everything but max_steps, dair and dair_memory
@@ -74,7 +77,7 @@ class GeneralisationConfig:
         _check(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         _check(self.seeds >= 1, f"seeds must be at least 1, got {self.seeds}")
         _check(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
-        _check(self.jobs >= 1, f"jobs must be at least 1, got {self.jobs}")
+        _check(self.jobs is None or self.jobs >= 1, f"jobs must be at least 1, got {self.jobs}")
         _check(len(self.settings) > 0 and all(s in SETTINGS for s in self.settings),
                f"settings must be some of {tuple(SETTINGS)}, got {self.settings}")
         _check(len(self.models) > 0 and all(m in MODELS for m in self.models),
@@ -94,11 +97,18 @@ class GeneralisationConfig:
         return (self.max_steps if self.max_steps is not None else own["max_steps"],
                 self.digit_size if self.digit_size is not None else own["digit_size"])
 
+    def run_jobs(self) -> int:
+        """Runs trained at once: ``jobs``, or as many as the cores hold (see ``jobs``)."""
+        if self.jobs is not None:
+            return self.jobs
+        runs = len(self.settings) * len(self.models) * self.seeds
+        return max(1, min(runs, (os.cpu_count() or 1) // (self.threads or 1)))
+
     def run_threads(self) -> int | None:
         """torch threads of each run: ``threads``, or with several jobs the cores shared out among them."""
-        if self.threads is not None or self.jobs == 1:
+        if self.threads is not None or self.run_jobs() == 1:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.jobs)
+        return max(1, (os.cpu_count() or 1) // self.run_jobs())
 
     def run_config(self, setting: str, model: str, seed: int | None = None) -> RunConfig:
         counts, _ = SETTINGS[setting]
@@ -130,7 +140,7 @@ def generalisation(cfg: GeneralisationConfig, out_dir: str | Path, progress: boo
     started = time.time()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     jobs = [(setting, name, seed) for setting in cfg.settings for name in cfg.models for seed in seeds]
-    if cfg.jobs == 1:
+    if cfg.run_jobs() == 1:
         tests = {s: _unseen_tests(cfg, s) for s in cfg.settings}
         runs = {job: _generalisation_run(cfg, *job, tests[job[0]], out_dir, progress) for job in jobs}
     else:
@@ -149,7 +159,7 @@ def generalisation(cfg: GeneralisationConfig, out_dir: str | Path, progress: boo
                         "model": "final model (last.pt) of each run"},
            "paper": {s: {str(c): v for c, v in p.items()} for s, p in PAPER_GENERALISATION.items()},
            "results": results, "minutes": round((time.time() - started) / 60, 2),
-           "threads": torch.get_num_threads(), "jobs": cfg.jobs, "torch": torch.__version__, **record()}
+           "threads": torch.get_num_threads(), "jobs": cfg.run_jobs(), "torch": torch.__version__, **record()}
     write_generalisation(out, out_dir)
     return out
 
@@ -172,7 +182,7 @@ def _parallel_runs(cfg: GeneralisationConfig, jobs: list[tuple], out_dir: Path, 
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     out = {}
-    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(cfg.run_jobs(), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_generalisation_job, cfg, *job, str(out_dir)): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
@@ -219,7 +229,8 @@ def _refined_scores(cfg: GeneralisationConfig, run_cfg: RunConfig, model, tests:
     """The refined count's accuracy on the first ``refine_scenes`` scenes of each unseen count and of the run's
     held-out training-count scenes (kept in the run's folder: a reused run is not refined again)."""
     refine = {"refine_steps": cfg.refine_steps, "refine_samples": cfg.refine_samples}
-    settings = {**refine, "refine_scenes": cfg.refine_scenes}
+    # (the procedure's name too: a count kept from an older procedure is refined again)
+    settings = {**refine, "refine_scenes": cfg.refine_scenes, "procedure": REFINE_PROCEDURE}
     kept = _read_json(run_dir / "refined_counts.json")
     if kept.get("settings") == settings:  # (a run trained anew deletes it: experiments/runs.py)
         return kept["scores"]

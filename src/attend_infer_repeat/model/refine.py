@@ -21,8 +21,11 @@ the ELBO term of count n with the posterior means as the sample and the guide's 
 keeping n of the guide's first n + 1 proposals (:func:`starts`), each refined, and each image keeps its best start
 (by the score the count is then chosen by): where the guide spends two steps on one digit, or a step on nothing,
 before the step that finds the next digit, the first n steps cannot reach that digit by gradient ascent (one window
-does not cross the canvas onto ink it does not overlap), but a start without the wasted step holds it already. The
-best latents seen are kept, so a refined score is never below that of the guide's own first n steps.
+does not cross the canvas onto ink it does not overlap), but a start without the wasted step holds it already. One
+more start is count n - 1's refined latents and an object on the ink they leave unexplained (:func:`leftover_start`):
+where the guide's n-th proposal misses a digit altogether (a step never trained to be present, as the third step of a
+model trained on at most two digits), none of its proposals holds it. The best latents seen are kept, so a refined
+score is never below that of the guide's own first n steps.
 
 The count is then chosen by the importance-weighted estimate of log p(x, n) (``samples`` > 0; Burda, Grosse and
 Salakhutdinov, ICLR 2016) with q the guide's Gaussians at the refined locs:
@@ -40,8 +43,13 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
+from . import attention
 from .objective import count_log_probs, kl_normal, normal_log_prob
+
+# what the refined count does, recorded beside counts kept on disk so that one from an older procedure is redone
+PROCEDURE = "guide starts + leftover start, importance-weighted choice"
 
 
 def count_score(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Tensor, where_std: torch.Tensor,
@@ -104,6 +112,39 @@ def starts(n: int, steps: int) -> list[tuple[int, ...]]:
     return [tuple(i for i in range(n + 1) if i != drop) for drop in range(n, -1, -1)]
 
 
+def leftover_start(model, x: torch.Tensor, z_where: torch.Tensor, z_what: torch.Tensor, where_std: torch.Tensor,
+                   what_std: torch.Tensor, n: int, first_scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Count n's start from count n - 1's (refined) latents (B, N, ...) and one object more, put on the ink they
+    leave unexplained: its window centred on that ink where a window-sized box of it is brightest, as large as
+    the guide's first window (``first_scale`` (B,)), its z_what the guide's encoding of the leftover ink there.
+
+    The guide's own n-th proposal can miss a digit the first n - 1 leave (a step never trained to be present,
+    as the third step of a model trained on at most two digits), and gradient ascent does not carry a window
+    across the canvas onto ink it does not overlap; this start holds the digit already."""
+    cfg = model.config
+    size = cfg.image_size
+    drawn = model.compose(model.draw(z_what[:, :n - 1], z_where[:, :n - 1])[0]) if n > 1 else torch.zeros_like(x)
+    left = (x - drawn).clamp_min(0)
+    k = max(1, round(size / max(cfg.scale_prior_mean, 1.0))) | 1  # an odd box about a prior window's size
+    ink = F.avg_pool2d(left, k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+    at = ink.flatten(1).argmax(1)
+    # centred on the centre of mass of the leftover ink in that box (boxes that all hold the whole of a small
+    # digit tie, and the first of them would sit off its middle)
+    pixels = torch.arange(size, device=x.device)
+    near_row = ((pixels[None] - (at // size)[:, None]).abs() <= k // 2).to(x)  # (B, H)
+    near_col = ((pixels[None] - (at % size)[:, None]).abs() <= k // 2).to(x)  # (B, W)
+    mass = left[:, 0] * near_row[:, :, None] * near_col[:, None, :]
+    total = mass.sum((1, 2)).clamp_min(1e-8)
+    centre = pixels.to(x) + 0.5
+    row = (mass.sum(2) * centre).sum(1) / total
+    col = (mass.sum(1) * centre).sum(1) / total
+    where = torch.stack([first_scale, col / size * 2 - 1, row / size * 2 - 1], -1)
+    what, what_sd = model.encoder(attention.crop(left, where, cfg.window_size, cfg.min_zoom))
+    out = [t.clone() for t in (z_where, z_what, where_std, what_std)]
+    out[0][:, n - 1], out[1][:, n - 1], out[3][:, n - 1] = where, what.to(x), what_sd.to(x)
+    return tuple(out)
+
+
 class Refined(NamedTuple):
     """:func:`refine_counts`' answer, one row per count n = 0..N: ``scores`` (B, N + 1), log p(n) included;
     ``z_where`` (B, N + 1, N, 3), ``z_what`` (B, N + 1, N, D) and their guide's stds ``where_std``, ``what_std``
@@ -115,13 +156,15 @@ class Refined(NamedTuple):
     what_std: torch.Tensor
 
 
-def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples: int = 0, seed: int = 0) -> Refined:
+def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples: int = 0, seed: int = 0,
+                  leftover: bool = True) -> Refined:
     """Refine every count's latents for images x (B, 1, H, W) by ``steps`` Adam steps of size ``lr``, from each
     of its starts (:func:`starts`), and keep each image's best start, by the score the count is chosen by.
 
-    Returns :class:`Refined`: score(n) of the kept latents, or with ``samples`` > 0 the importance-weighted
-    estimate from that many samples, its noise drawn from ``seed``. The model's weights are not changed and get
-    no gradients."""
+    With ``leftover``, count n >= 1 also starts from count n - 1's kept latents and one object on the ink they
+    leave (:func:`leftover_start`). Returns :class:`Refined`: score(n) of the kept latents, or with ``samples``
+    > 0 the importance-weighted estimate from that many samples, its noise drawn from ``seed``. The model's
+    weights are not changed and get no gradients."""
     cfg = model.config
     b, big_n = x.size(0), cfg.max_steps
     with torch.no_grad():
@@ -138,8 +181,14 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
         # every start of count n side by side in one batch: start c of image i is row c * B + i
         begins = starts(n, big_n)
         order = torch.tensor([list(s) + [i for i in range(big_n) if i not in s] for s in begins], device=x.device)
-        z_where, z_what, where_std, what_std = (t[:, order].transpose(0, 1).flatten(0, 1) for t in guide)
-        xs = x.repeat(len(begins), 1, 1, 1)
+        blocks = [t[:, order].transpose(0, 1) for t in guide]  # (starts, B, N, ...)
+        if leftover and n > 0:  # after the guide's starts, so the guide's own first n win a tie
+            with torch.no_grad():
+                extra = leftover_start(model, x, *(row[n - 1] for row in rows[1:]), n, guide[0][:, 0, 0])
+            blocks = [torch.cat([t, e[None]]) for t, e in zip(blocks, extra)]
+        z_where, z_what, where_std, what_std = (t.flatten(0, 1) for t in blocks)
+        n_starts = blocks[0].size(0)
+        xs = x.repeat(n_starts, 1, 1, 1)
         with torch.no_grad():
             best = count_score(model, xs, z_where, z_what, where_std, what_std, n)
         best_where, best_what = z_where.clone(), z_what.clone()
@@ -165,7 +214,7 @@ def refine_counts(model, x: torch.Tensor, steps: int, lr: float = 0.05, samples:
                 best = importance_score(model, xs, best_where, best_what, where_std, what_std, n,
                                         eps_where, eps_what)
         # each image's best start (the first of equals: the guide's own first n when nothing beats it)
-        pick = best.view(len(begins), b).argmax(0) * b + torch.arange(b, device=x.device)
+        pick = best.view(n_starts, b).argmax(0) * b + torch.arange(b, device=x.device)
         best, kept = best[pick], [t[pick] for t in (best_where, best_what, where_std, what_std)]
         for row, value in zip(rows, [best + log_prior[n], *kept]):
             row.append(value)
