@@ -7,7 +7,7 @@ from .options import budgets_type, names_type, non_negative_int, positive_int
 
 #: --quick: a short look at each experiment (the option values a user gives still win)
 _QUICK = {"generalisation": {"steps": 1000, "n_train": 20_000, "n_test": 500, "eval_every": 250, "seeds": 1,
-                              "refine_scenes": 200},
+                              "refine_scenes": 100},
           "downstream": {"steps": 1500, "budgets": (100, 1000), "seeds": 1, "n_test": 1000, "n_train": 20_000}}
 
 
@@ -70,7 +70,7 @@ def add_experiment(sub) -> None:
     g.add_argument("--refine-samples", type=non_negative_int, default=None, metavar="S",
                    help="importance samples per count for the refined count (default: 128)")
     g.add_argument("--refine-scenes", type=positive_int, default=None, metavar="N",
-                   help="the refined count on the first N scenes of each set (default: 500)")
+                   help="the refined count on the first N scenes of each set (default: 200)")
     d.add_argument("--model", default=None, metavar="RUN",
                    help="use this trained model (run directory or .pt) instead of training one")
     d.add_argument("--budgets", type=budgets_type, default=None,
